@@ -1,0 +1,61 @@
+"""The one record that flows through every stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+
+@dataclass(eq=False, slots=True)
+class Frame:
+    """One decoded video frame and everything the stages learned about it.
+
+    Attributes:
+        index: Position of the frame in the source, counting from 0. Frames dropped by a live flow
+            policy leave gaps; order is always preserved.
+        pts: Presentation time in ``time_base`` units, relative to the start of the output.
+        time_base: Unit of ``pts`` in seconds.
+        captured_at: Wall-clock time (``time.time()``) at which the frame was decoded or captured.
+        image: The picture, ``(H, W, 3)`` uint8 RGB, on the run's device.
+        faces: What the analysis stages found (filled by later stages; the runtime never reads it).
+        timings: Seconds each stage spent on this frame (a batch's time is shared by its frames).
+        meta: Free-form annotations, e.g. ``{"gap_s": 2.1}`` on the first frame after a reconnect.
+
+    Example:
+        >>> f = Frame(index=0, pts=0, time_base=Fraction(1, 30), captured_at=0.0,
+        ...           image=torch.zeros(2, 2, 3, dtype=torch.uint8))
+        >>> f.time
+        0.0
+    """
+
+    index: int
+    pts: int
+    time_base: Fraction
+    captured_at: float
+    image: torch.Tensor
+    faces: list[Any] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != torch.uint8:
+            raise ValueError(
+                f"Frame.image must be an (H, W, 3) uint8 tensor, got {tuple(self.image.shape)} "
+                f"{self.image.dtype}"
+            )
+
+    @property
+    def time(self) -> float:
+        """Presentation time in seconds."""
+        return float(self.pts * self.time_base)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
