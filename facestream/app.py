@@ -1,0 +1,144 @@
+"""Assembles a pipeline from settings and runs it: the one place that knows every stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import to_dict
+from pipeline.device import resolve_device
+from pipeline.errors import ConfigError, FacestreamError, OutputError
+from pipeline.progress import ProgressPrinter
+from pipeline.runner import Pipeline, Progress, RunReport
+from pipeline.stage import Stage
+from stages.decoder import Decoder
+from stages.encoder import CONTAINERS, Encoder
+from stages.media.inputs import resolve_input
+from stages.passthrough import PassThrough
+
+from . import __version__
+from .settings import Settings
+
+log = logging.getLogger("facestream")
+
+
+def _configured(section: str, factory: Callable[[], Stage]) -> Stage:
+    """Build a stage; a ValueError from its validation becomes a ConfigError naming the section."""
+    try:
+        return factory()
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=section) from None
+
+
+def build_stages(settings: Settings, *, source: str, output: str) -> list[Stage]:
+    """Decoder, the mode's processing stages, encoder."""
+    i, o = settings.input, settings.output
+    decoder = _configured(
+        "input",
+        lambda: Decoder(
+            source=source,
+            start=i.start,
+            end=i.end,
+            realtime=i.realtime,
+            live=i.live,
+            image_duration_s=i.image_duration_s,
+            image_fps=i.image_fps,
+            open_timeout_s=i.open_timeout_s,
+            read_timeout_s=i.read_timeout_s,
+            reconnect=i.reconnect,
+            reconnect_timeout_s=i.reconnect_timeout_s,
+            backoff_s=i.backoff_s,
+            audio=i.audio and o.audio != "none",
+            options=i.options,
+            hwaccel=i.hwaccel,
+            webcam_size=i.webcam_size,
+            webcam_fps=i.webcam_fps,
+            webcam_format=i.webcam_format,
+        ),
+    )
+    middle: list[Stage] = [PassThrough(batch_size=1)]
+    encoder = _configured(
+        "output",
+        lambda: Encoder(
+            path=output,
+            codec=o.codec,
+            crf=o.crf,
+            preset=o.preset,
+            tune=o.tune,
+            pix_fmt=o.pix_fmt,
+            audio=o.audio,
+            faststart=o.faststart,
+            fragmented=o.fragmented,
+            options=o.options,
+        ),
+    )
+    return [decoder, *middle, encoder]
+
+
+def is_live_input(source: str, settings: Settings) -> bool:
+    if settings.input.live is not None:
+        return settings.input.live
+    if settings.input.realtime:
+        return True
+    try:
+        return resolve_input(source).live
+    except FacestreamError:
+        return False
+
+
+def run_job(
+    settings: Settings,
+    *,
+    source: str,
+    output: str,
+    stats_path: str | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> RunReport:
+    """Run one job and write its statistics (also when it fails)."""
+    if "://" not in source and Path(source).exists() and Path(output).resolve() == Path(source).resolve():
+        raise ConfigError(f"the output would overwrite the input: {output}")
+    if Path(output).suffix.lower() not in CONTAINERS:
+        raise OutputError(f"output must end in {', '.join(sorted(CONTAINERS))}: {output}")
+    device = resolve_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    live = is_live_input(source, settings)
+    policy = settings.flow.policy if settings.flow.policy != "auto" else ("latest" if live else "block")
+    stages = build_stages(settings, source=source, output=output)
+    if progress is None:
+        progress = ProgressPrinter(settings.stats.progress)
+    pipeline = Pipeline(
+        stages,
+        device=device,
+        policy=policy,
+        queue_size=settings.flow.queue_size,
+        status_interval_s=settings.stats.interval_s,
+        on_progress=progress,
+    )
+    started = time.time()
+    report = pipeline.run()
+    report.stats.update(
+        {
+            "facestream": __version__,
+            "input": source,
+            "output": output,
+            "started_at": started,
+            "settings": to_dict(settings),
+        }
+    )
+    if stats_path:
+        write_stats(stats_path, report.stats)
+    return report
+
+
+def write_stats(path: str, stats: dict[str, Any]) -> None:
+    try:
+        Path(path).write_text(json.dumps(stats, indent=2, default=str) + "\n")
+    except OSError as exc:
+        log.warning("cannot write statistics to %s: %s", path, exc.strerror)

@@ -1,0 +1,139 @@
+"""The ``facestream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.errors import FacestreamError
+
+from . import __version__
+
+EPILOG_RUN = """\
+examples:
+  facestream run talk.mp4 -o talk_out.mp4
+  facestream run rtsp://cam.local/stream -o cam.mp4 --preset live
+  facestream run webcam:0 -o webcam.mp4 --preset live --set input.webcam_size=1280x720
+  facestream run clip.mkv -o clip.webm --set input.start=10 --set input.end=25 --stats run.json
+
+Any preset key can be overridden with --set section.key=value (values are read as YAML).
+"""
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facestream",
+        description="Detect, track, re-identify and swap, anonymise or annotate faces in video files and live feeds.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"facestream {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more messages")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="process a video file, stream, webcam or images",
+        description="Process INPUT into OUTPUT with a preset.",
+        epilog=EPILOG_RUN,
+        formatter_class=_Formatter,
+    )
+    run.add_argument("input", metavar="INPUT", help="file, rtsp/rtmp/srt/udp/http URL, webcam:N, image, folder or pattern")
+    run.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output file (.mp4, .mkv, .mov, .webm)")
+    choice = run.add_mutually_exclusive_group()
+    choice.add_argument("--preset", metavar="NAME", help="a shipped preset (see 'facestream presets'); default: offline")
+    choice.add_argument("--config", metavar="FILE.yaml", help="a preset file of your own")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one preset key (repeatable)")
+    run.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (same as --set device=DEV)")
+    run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run.set_defaults(func=cmd_run)
+
+    presets = sub.add_parser("presets", help="list the shipped presets", description="List the shipped presets.")
+    presets.set_defaults(func=cmd_presets)
+
+    doctor = sub.add_parser(
+        "doctor", help="report device, CUDA, NVML, codecs and encoders found", description="Report what this machine offers."
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import run_job
+    from .settings import load_settings
+
+    overrides = list(args.set)
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.quiet:
+        overrides.append("stats.progress=none")
+    settings = load_settings(preset=args.preset, config_file=args.config, overrides=overrides)
+    report = run_job(settings, source=args.input, output=args.output, stats_path=args.stats)
+    stats = report.stats
+    if report.error is not None:
+        print(f"facestream: error: {report.error}", file=sys.stderr)
+    if stats.get("frames_out"):
+        dropped = f", {stats['frames_dropped']} dropped" if stats.get("frames_dropped") else ""
+        print(
+            f"facestream: wrote {args.output}: {stats['frames_out']} frames in {stats['wall_s']:.1f} s "
+            f"({stats['fps']:.1f} fps{dropped})",
+            file=sys.stderr,
+        )
+    return report.exit_code
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .settings import list_presets
+
+    presets = list_presets()
+    width = max(len(n) for n in presets)
+    for name, description in presets.items():
+        print(f"{name.ljust(width)}  {description}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import collect, render
+
+    report = collect()
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LowerLevelFormatter("facestream: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("libav").setLevel(logging.ERROR)
+    try:
+        return int(args.func(args))
+    except FacestreamError as exc:
+        print(f"facestream: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("facestream: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the traceback on request
+        if args.debug:
+            raise
+        print(f"facestream: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,183 @@
+"""The settings a preset can hold: one dataclass per section, validated when built.
+
+Every key here can be set in a YAML preset or overridden with ``--set section.key=value``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from config import PRESET_DIR
+from pipeline.config import FieldError, Layers, build, load_yaml, parse_override
+from pipeline.errors import ConfigError
+
+
+def _positive(section: object, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and value <= 0:
+            raise FieldError(name, f"{name} must be > 0")
+
+
+@dataclass
+class FlowSettings:
+    """How frames move between stages."""
+
+    policy: Literal["auto", "block", "latest"] = "auto"
+    """``block``: lossless backpressure; ``latest``: drop the oldest frames to bound latency;
+    ``auto``: ``latest`` for live inputs, ``block`` for files."""
+    queue_size: int = 8
+    batch_size: int = 8
+    """Most consecutive frames a batching stage takes at once."""
+    max_wait_ms: float = 20.0
+    """Longest wait for a batch to fill."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "queue_size", "batch_size")
+        if self.max_wait_ms < 0:
+            raise FieldError("max_wait_ms", "max_wait_ms must be >= 0")
+
+
+@dataclass
+class InputSettings:
+    """How the input is read."""
+
+    start: float | None = None
+    end: float | None = None
+    realtime: bool = False
+    live: bool | None = None
+    image_duration_s: float = 5.0
+    image_fps: float = 25.0
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    reconnect: bool = True
+    reconnect_timeout_s: float = 60.0
+    backoff_s: tuple[float, float] = (0.5, 8.0)
+    audio: bool = True
+    hwaccel: Literal["none", "cuda"] = "none"
+    webcam_size: str | None = None
+    webcam_fps: float | None = None
+    webcam_format: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.start is not None and self.start < 0:
+            raise FieldError("start", "start must be >= 0")
+        if self.end is not None and self.end <= (self.start or 0):
+            raise FieldError("end", "end must be after start")
+        _positive(self, "image_duration_s", "image_fps", "open_timeout_s", "read_timeout_s", "reconnect_timeout_s")
+        if not 0 < self.backoff_s[0] <= self.backoff_s[1]:
+            raise FieldError("backoff_s", "backoff_s must be [first, longest] with 0 < first <= longest")
+        if self.webcam_size is not None and not re.fullmatch(r"\d+x\d+", self.webcam_size):
+            raise FieldError("webcam_size", "webcam_size must look like 1280x720")
+
+
+@dataclass
+class OutputSettings:
+    """How the output is written."""
+
+    codec: Literal["auto", "libx264", "libx265", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"] = "auto"
+    crf: int = 18
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
+    ] = "veryfast"
+    tune: str | None = None
+    pix_fmt: str = "yuv420p"
+    audio: Literal["copy", "reencode", "none"] = "copy"
+    faststart: bool = False
+    fragmented: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.crf <= 63:
+            raise FieldError("crf", "crf must be within 0..63")
+
+
+@dataclass
+class StatsSettings:
+    """Progress display and run statistics."""
+
+    interval_s: float = 1.0
+    """How often the progress bar or live status line is refreshed."""
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    """``auto``: a bar on a terminal, a line every few seconds otherwise."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "interval_s")
+
+
+@dataclass
+class Settings:
+    """A whole preset."""
+
+    description: str = ""
+    mode: Literal["passthrough"] = "passthrough"
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    threads: int | None = None
+    """Torch CPU threads (default: torch's own choice)."""
+    flow: FlowSettings = field(default_factory=FlowSettings)
+    input: InputSettings = field(default_factory=InputSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise FieldError("device", "device must be auto, cpu, cuda or cuda:N")
+        _positive(self, "threads")
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of a shipped preset."""
+    return PRESET_DIR / f"{name}.yaml"
+
+
+def list_presets() -> dict[str, str]:
+    """Shipped preset names and their one-line descriptions."""
+    out = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        data = load_yaml(path)
+        out[path.stem] = str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""
+    return out
+
+
+def load_settings(
+    *, preset: str | None = None, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Settings:
+    """Defaults, then a preset or a config file (which may name a ``base`` preset), then overrides.
+
+    Raises:
+        ConfigError: naming the file or ``--set``, the key path and the bad value.
+    """
+    if preset and config_file:
+        raise ConfigError("give --preset or --config, not both")
+    layers = Layers()
+    if config_file:
+        _add_file(layers, Path(config_file), seen=set())
+    else:
+        name = preset or "offline"
+        path = preset_path(name)
+        if not path.is_file():
+            raise ConfigError(f"no preset named '{name}' (available: {', '.join(list_presets())})")
+        _add_file(layers, path, seen=set())
+    for text in overrides:
+        keys, value = parse_override(text)
+        layers.set(keys, value, f"--set {text}")
+    return build(Settings, layers)
+
+
+def _add_file(layers: Layers, path: Path, *, seen: set[Path]) -> None:
+    """Add a YAML file; a ``base: NAME`` key first adds that preset (single inheritance)."""
+    if path in seen:
+        raise ConfigError("presets inherit from each other in a loop", source=str(path))
+    seen.add(path)
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or not preset_path(base).is_file():
+            raise ConfigError(f"base must name a preset ({', '.join(list_presets())}), got {base!r}", source=str(path), key="base")
+        _add_file(layers, preset_path(base), seen=seen)
+    layers.add(data, str(path))

@@ -1,0 +1,449 @@
+"""The orchestrator: runs each stage in its own thread, joined by bounded channels, supervised
+from an asyncio event loop (uvloop where installed) that owns signals, timers and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .channel import Channel, Policy
+from .errors import Cancelled, FacestreamError, StageError
+from .frame import Frame
+from .metrics import GpuSampler, LatencyHistogram, QueueStats, StageStats, current_rss_mb, peak_rss_mb
+from .stage import RunContext, Sink, Source, Stage, Transform
+
+Status = Literal["ok", "error", "interrupted"]
+
+
+@dataclass
+class Progress:
+    """A snapshot handed to the progress display on every status tick."""
+
+    elapsed_s: float
+    frames_in: int
+    frames_out: int
+    frames_dropped: int
+    fps: float
+    total_frames: int | None
+    live: bool
+    latency_p95_ms: float
+    queue_depths: list[int] = field(default_factory=list)
+    final: bool = False
+
+
+@dataclass
+class RunReport:
+    """The outcome of a run: its status, the error if any, and the JSON-ready statistics."""
+
+    status: Status
+    error: FacestreamError | None
+    signal: int | None
+    stats: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        if self.signal is not None:
+            return 128 + self.signal
+        if self.error is not None:
+            return self.error.exit_code
+        return 0
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+class Pipeline:
+    """A linear graph: one source, any number of transforms, one sink.
+
+    Args:
+        stages: Source first, sink last.
+        device: The run's device (shared by every stage).
+        policy: ``block`` (lossless backpressure) or ``latest`` (drop the oldest frames when
+            downstream falls behind, for live sources).
+        queue_size: Capacity of each channel (raised to the consumer's batch size if smaller).
+        status_interval_s: How often ``on_progress`` is called.
+        on_progress: Receives a :class:`Progress` every ``status_interval_s`` and once at the end.
+        drain_timeout_s: After a second interrupt or a failure, how long to wait for threads.
+
+    Example:
+        >>> report = Pipeline([decoder, PassThrough(), encoder], device=torch.device("cpu")).run()
+        ... # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        device: Any,
+        policy: Policy = "block",
+        queue_size: int = 8,
+        status_interval_s: float = 1.0,
+        on_progress: Callable[[Progress], None] | None = None,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        if len(stages) < 2 or not isinstance(stages[0], Source) or not isinstance(stages[-1], Sink):
+            raise ValueError("a pipeline needs a Source first and a Sink last")
+        if not all(isinstance(s, Transform) for s in stages[1:-1]):
+            raise ValueError("the stages between the source and the sink must be Transforms")
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.stages = list(stages)
+        self.ctx = RunContext(device=device)
+        self.policy = policy
+        self.status_interval_s = status_interval_s
+        self.on_progress = on_progress
+        self.drain_timeout_s = drain_timeout_s
+        self.channels: list[Channel[Frame]] = [
+            Channel(
+                capacity=max(queue_size, nxt.batch_size),
+                policy=policy,
+                name=f"{cur.name}->{nxt.name}",
+            )
+            for cur, nxt in zip(self.stages, self.stages[1:])
+        ]
+        self.stats = [StageStats(s.name) for s in self.stages]
+        self.queue_stats = [QueueStats(ch.name, ch.capacity) for ch in self.channels]
+        self.latency = LatencyHistogram()
+        self._error: FacestreamError | None = None
+        self._failed_stage: int | None = None
+        self._signal: int | None = None
+        self._aborted = False
+        self._threads: list[threading.Thread] = []
+        self._opened: list[Stage] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._alive = 0
+        self._t0 = 0.0
+        self._t_end = 0.0
+        self._gpu: GpuSampler | None = None
+        self._recent: list[tuple[float, int]] = []
+
+    # ------------------------------------------------------------------ public API
+
+    def run(self) -> RunReport:
+        """Run to the end of the source (or an error, or an interrupt) and report."""
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - Windows
+            return asyncio.run(self._main())
+        return uvloop.run(self._main())
+
+    def request_stop(self) -> None:
+        """Finish gracefully: the source stops, queued frames drain, the sink finalises."""
+        self.ctx.stop.set()
+
+    def abort(self) -> None:
+        """Stop now: queued frames are discarded; the sink still finalises what it wrote."""
+        self._aborted = True
+        self.ctx.stop.set()
+        for ch in self.channels:
+            ch.cancel()
+
+    # ------------------------------------------------------------------ orchestration
+
+    async def _main(self) -> RunReport:
+        self._loop = asyncio.get_running_loop()
+        self._done = self._loop.create_future()
+        self._install_signals()
+        try:
+            await self._in_thread(self._open_all)
+        except FacestreamError as exc:
+            self._remove_signals()
+            return RunReport("error", exc, None, {"status": "error", "error": str(exc)})
+        except BaseException:
+            self._remove_signals()
+            raise
+        if self.ctx.device.type == "cuda":
+            self._gpu = GpuSampler(self.ctx.device.index or 0)
+        self._t0 = time.monotonic()
+        self._start_threads()
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            await self._done
+        finally:
+            ticker.cancel()
+            self._t_end = time.monotonic()
+            self._remove_signals()
+        await self._in_thread(self._join_threads)
+        self._emit_progress(final=True)
+        if self._gpu is not None:
+            self._gpu.close()
+        status: Status = "error" if self._error else ("interrupted" if self._signal else "ok")
+        return RunReport(status, self._error, self._signal, self._build_stats(status))
+
+    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run blocking work in a daemon thread, so a hung call can never block interpreter exit."""
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        loop = self._loop
+
+        def target() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                loop.call_soon_threadsafe(_settle, fut, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, fut, result, None)
+
+        threading.Thread(target=target, name="facestream-helper", daemon=True).start()
+        return await fut
+
+    def _open_all(self) -> None:
+        try:
+            for stage in self.stages:
+                try:
+                    stage.open(self.ctx)
+                except FacestreamError:
+                    raise
+                except Exception as exc:
+                    raise FacestreamError(
+                        f"stage '{stage.name}' could not start: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self._opened.append(stage)
+        except BaseException:
+            for stage in reversed(self._opened):
+                try:
+                    stage.close()
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    pass
+            self._opened.clear()
+            raise
+
+    def _start_threads(self) -> None:
+        n = len(self.stages)
+        self._alive = n
+        for i, stage in enumerate(self.stages):
+            inbox = self.channels[i - 1] if i > 0 else None
+            outbox = self.channels[i] if i < n - 1 else None
+            t = threading.Thread(
+                target=self._worker, args=(i, stage, inbox, outbox), name=f"stage-{stage.name}", daemon=True
+            )
+            self._threads.append(t)
+        for t in self._threads:
+            t.start()
+
+    def _join_threads(self) -> None:
+        deadline = time.monotonic() + self.drain_timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------ stage threads
+
+    def _worker(self, i: int, stage: Stage, inbox: Channel[Frame] | None, outbox: Channel[Frame] | None) -> None:
+        exc: BaseException | None = None
+        frames: tuple[int, int] | None = None
+        try:
+            if isinstance(stage, Source):
+                frames = self._run_source(i, stage, outbox)
+            else:
+                frames = self._run_consumer(i, stage, inbox, outbox)
+        except Cancelled:
+            pass
+        except BaseException as e:  # noqa: BLE001 - reported to the orchestrator
+            exc = e
+            frames = getattr(e, "_facestream_frames", frames)
+        finally:
+            if outbox is not None:
+                outbox.close()
+            try:
+                stage.close()
+            except BaseException as e:  # noqa: BLE001
+                exc = exc or e
+            if isinstance(stage, Source):
+                self.ctx.side.close()
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._on_worker_exit, i, exc, frames)
+            except RuntimeError:  # loop already closed after an abort
+                pass
+
+    def _run_source(self, i: int, stage: Source, outbox: Channel[Frame] | None) -> tuple[int, int] | None:
+        assert outbox is not None
+        stats = self.stats[i]
+        it = iter(stage.read())
+        last = None
+        while True:
+            t = time.perf_counter()
+            try:
+                frame = next(it)
+            except StopIteration:
+                break
+            except BaseException as e:
+                e._facestream_frames = (last + 1, last + 1) if last is not None else None  # type: ignore[attr-defined]
+                raise
+            dt = time.perf_counter() - t
+            stats.record(1, dt)
+            frame.timings[stage.name] = dt
+            last = frame.index
+            outbox.put(frame)
+        return None
+
+    def _run_consumer(
+        self, i: int, stage: Stage, inbox: Channel[Frame] | None, outbox: Channel[Frame] | None
+    ) -> tuple[int, int] | None:
+        assert inbox is not None
+        stats = self.stats[i]
+        is_sink = isinstance(stage, Sink)
+        wait_s = stage.max_wait_ms / 1000
+        while True:
+            batch = inbox.get_batch(stage.batch_size, wait_s)
+            if batch is None:
+                return None
+            t = time.perf_counter()
+            try:
+                if is_sink:
+                    stage.write(batch)  # type: ignore[union-attr]
+                    out = batch
+                else:
+                    out = stage.process(batch)  # type: ignore[union-attr]
+            except BaseException as e:
+                e._facestream_frames = (batch[0].index, batch[-1].index)  # type: ignore[attr-defined]
+                raise
+            dt = time.perf_counter() - t
+            stats.record(len(batch), dt)
+            share = dt / len(batch)
+            for f in batch:
+                f.timings[stage.name] = share
+            if is_sink:
+                now = time.time()
+                for f in batch:
+                    self.latency.add(max(0.0, now - f.captured_at))
+            else:
+                assert outbox is not None
+                for f in out:
+                    outbox.put(f)
+
+    # ------------------------------------------------------------------ supervision (event loop)
+
+    def _on_worker_exit(self, i: int, exc: BaseException | None, frames: tuple[int, int] | None) -> None:
+        self._alive -= 1
+        if exc is not None and self._error is None:
+            self._error = StageError(self.stages[i].name, frames, exc)
+            self._failed_stage = i
+            self._error.__cause__ = exc
+            # Upstream stops; downstream drains what it already has, so the sink finalises the
+            # frames done so far.
+            self.ctx.stop.set()
+            for ch in self.channels[:i]:
+                ch.cancel()
+        if self._alive == 0 and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        assert self._loop is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+                pass
+
+    def _remove_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or self._loop is None:
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover
+                pass
+
+    def _on_signal(self, sig: int) -> None:
+        if self._signal is None:
+            self._signal = sig
+            self.ctx.log.warning(
+                "%s: finishing: flushing queued frames and finalising the output (again to abort)",
+                signal.Signals(sig).name,
+            )
+            self.request_stop()
+        else:
+            self.ctx.log.warning("%s again: aborting", signal.Signals(sig).name)
+            self.abort()
+
+    async def _tick(self) -> None:
+        sample_every = 0.1
+        status_every = max(self.status_interval_s, sample_every)
+        next_status = time.monotonic() + status_every
+        while True:
+            await asyncio.sleep(sample_every)
+            for qs, ch in zip(self.queue_stats, self.channels):
+                qs.sample(len(ch))
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + status_every
+                if self._gpu is not None:
+                    self._gpu.sample()
+                self._emit_progress(final=False)
+
+    def _emit_progress(self, *, final: bool) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        out = self.stats[-1].frames
+        self._recent.append((now, out))
+        while len(self._recent) > 2 and now - self._recent[0][0] > 5.0:
+            self._recent.pop(0)
+        elapsed = (self._t_end if final and self._t_end else now) - self._t0
+        if final:
+            fps = out / elapsed if elapsed > 0 else 0.0
+        else:
+            (t_a, n_a), (t_b, n_b) = self._recent[0], self._recent[-1]
+            fps = (n_b - n_a) / (t_b - t_a) if t_b > t_a else (out / elapsed if elapsed > 0 else 0.0)
+        info = self.ctx.source
+        self.on_progress(
+            Progress(
+                elapsed_s=elapsed,
+                frames_in=self.stats[0].frames,
+                frames_out=out,
+                frames_dropped=sum(ch.drops for ch in self.channels),
+                fps=fps,
+                total_frames=info.frame_count if info else None,
+                live=bool(info and info.live),
+                latency_p95_ms=self.latency.percentile(95) * 1e3,
+                queue_depths=[len(ch) for ch in self.channels],
+                final=final,
+            )
+        )
+
+    # ------------------------------------------------------------------ report
+
+    def _build_stats(self, status: Status) -> dict[str, Any]:
+        wall = max(self._t_end - self._t0, 1e-9)
+        frames_out = self.stats[-1].frames
+        stages: dict[str, Any] = {}
+        for stage, st in zip(self.stages, self.stats):
+            stages[stage.name] = {**st.summary(wall), **stage.report()}
+        return {
+            "status": status,
+            "error": str(self._error) if self._error else None,
+            "signal": signal.Signals(self._signal).name if self._signal else None,
+            "device": str(self.ctx.device),
+            "policy": self.policy,
+            "frames_in": self.stats[0].frames,
+            "frames_out": frames_out,
+            "frames_dropped": sum(ch.drops for ch in self.channels),
+            "wall_s": round(wall, 3),
+            "fps": round(frames_out / wall, 2),
+            "latency_ms": self.latency.summary_ms(),
+            "stages": stages,
+            "queues": {
+                ch.name: qs.summary(ch.drops) for ch, qs in zip(self.channels, self.queue_stats)
+            },
+            "gpu": self._gpu.summary() if self._gpu else None,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "rss_mb": round(current_rss_mb(), 1),
+        }

@@ -1,0 +1,362 @@
+"""The encoder stage: RGB frames in; an mp4, mkv, mov or webm file out, with every audio stream."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from pipeline.errors import OutputError
+from pipeline.frame import Frame
+from pipeline.stage import RunContext, Sink
+
+from .media.colour import rgb_to_i420, rgb_to_i420_numpy
+from .media.transfer import to_host
+
+log = logging.getLogger("facestream.encoder")
+
+AudioMode = Literal["copy", "reencode", "none"]
+
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
+VIDEO_CODECS = ("auto", "libx264", "libx265", "libvpx-vp9", "h264_nvenc", "hevc_nvenc")
+_CODEC_FAMILY = {
+    "libx264": "h264",
+    "h264_nvenc": "h264",
+    "libx265": "hevc",
+    "hevc_nvenc": "hevc",
+    "libvpx-vp9": "vp9",
+}
+# Audio codecs each container takes by stream copy without "experimental" flags.
+_AUDIO_COPY = {
+    "mp4": {"aac", "mp3", "opus", "alac", "flac", "ac3", "eac3"},
+    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_s16be", "pcm_f32le"},
+    "webm": {"opus", "vorbis"},
+    "matroska": None,  # anything FFmpeg's muxer lists
+}
+_AUDIO_REENCODE = {"mp4": "aac", "mov": "aac", "webm": "libopus", "matroska": "libopus"}
+_X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def hardware_encoder_opens(codec: str) -> bool:
+    """True if ``codec`` (e.g. ``h264_nvenc``) exists in this FFmpeg and a session actually opens.
+
+    Data-centre GPUs (H100, A100) have NVDEC but no NVENC: the codec is listed, yet fails to open.
+    """
+    if codec not in av.codecs_available:
+        return False
+    try:
+        ctx = av.CodecContext.create(codec, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+        ctx.time_base = Fraction(1, 30)
+        ctx.open()
+        ctx.close() if hasattr(ctx, "close") else None
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+def pick_video_codec(codec: str, container: str, device: torch.device) -> str:
+    """Resolve ``auto`` and fall back from a hardware encoder that does not open."""
+    if codec == "auto":
+        if container == "webm":
+            return "libvpx-vp9"
+        if device.type == "cuda" and hardware_encoder_opens("h264_nvenc"):
+            return "h264_nvenc"
+        return "libx264"
+    if codec.endswith("_nvenc") and not hardware_encoder_opens(codec):
+        log.warning("encoder: %s does not open on this machine; using libx264 instead", codec)
+        return "libx264"
+    return codec
+
+
+class Encoder(Sink):
+    """Encodes frames into a file and carries the source's audio streams.
+
+    Timestamps are the frames' own (variable frame rate is safe), in the source's time base. The
+    source's rotation and colour tags are kept. Audio is stream-copied where the container allows
+    the codec, else re-encoded (AAC for mp4/mov, Opus for webm/mkv), and interleaved by time. On
+    ``close`` (also after errors and interrupts) the file is finalised, so it always plays; a run that
+    wrote no frame leaves no file.
+
+    Args:
+        path: Output file; its extension picks the container (.mp4, .mkv, .mov, .webm).
+        codec: ``auto`` (NVENC where it opens on a CUDA run, else libx264; VP9 for webm), libx264,
+            libx265, libvpx-vp9, h264_nvenc, hevc_nvenc.
+        crf: Constant quality (lower is better; x264/x265 0-51, VP9 0-63, NVENC as ``cq``).
+        preset: Speed preset (x264/x265 names; mapped for VP9 and NVENC).
+        tune: Encoder tune, e.g. ``zerolatency`` for live output (x264/x265).
+        pix_fmt: Output pixel format.
+        audio: ``copy`` (re-encode only what the container cannot take), ``reencode`` or ``none``.
+        faststart: Move the mp4/mov index to the front (one extra pass at the end).
+        fragmented: Write fragmented mp4/mov, playable even if the process is killed.
+        metadata: Container metadata to write.
+        options: Extra encoder options passed to FFmpeg.
+    """
+
+    name = "encoder"
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        codec: str = "auto",
+        crf: int = 18,
+        preset: str = "veryfast",
+        tune: str | None = None,
+        pix_fmt: str = "yuv420p",
+        audio: AudioMode = "copy",
+        faststart: bool = False,
+        fragmented: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        ext = Path(path).suffix.lower()
+        if ext not in CONTAINERS:
+            raise ValueError(f"output must end in one of {sorted(CONTAINERS)}, got {path!r}")
+        if codec not in VIDEO_CODECS:
+            raise ValueError(f"codec must be one of {VIDEO_CODECS}, got {codec!r}")
+        if not 0 <= crf <= 63:
+            raise ValueError(f"crf must be within 0..63, got {crf}")
+        if preset not in _X264_PRESETS:
+            raise ValueError(f"preset must be one of {_X264_PRESETS}, got {preset!r}")
+        if audio not in ("copy", "reencode", "none"):
+            raise ValueError(f"audio must be 'copy', 'reencode' or 'none', got {audio!r}")
+        self.path = path
+        self.format = CONTAINERS[ext]
+        self.codec = codec
+        self.crf = crf
+        self.preset = preset
+        self.tune = tune
+        self.pix_fmt = pix_fmt
+        self.audio = audio
+        self.faststart = faststart
+        self.fragmented = fragmented
+        self.metadata = dict(metadata or {})
+        self.options = dict(options or {})
+
+        self._container: Any = None
+        self._video: Any = None
+        self._audio_out: list[tuple[Any, bool]] = []  # (output stream, copied?)
+        self._ctx: RunContext | None = None
+        self._size = (0, 0)
+        self._last_pts: int | None = None
+        self.frames_written = 0
+        self.pts_repaired = 0
+        self.codec_used: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+        info = ctx.source
+        if info is None:
+            raise OutputError("the encoder needs an open source")
+        out_dir = Path(self.path).resolve().parent
+        if not out_dir.is_dir():
+            raise OutputError(f"output folder does not exist: {out_dir}")
+        codec = pick_video_codec(self.codec, self.format, ctx.device)
+        family = _CODEC_FAMILY[codec]
+        container_options: dict[str, str] = {}
+        movflags = []
+        if self.format in ("mp4", "mov"):
+            if self.fragmented:
+                movflags.append("+frag_keyframe+empty_moov+default_base_moof")
+            elif self.faststart:
+                movflags.append("+faststart")
+            if any(k not in ("title", "comment", "description", "copyright", "artist") for k in self.metadata):
+                movflags.append("+use_metadata_tags")
+        if movflags:
+            container_options["movflags"] = "".join(movflags)
+        try:
+            self._container = av.open(self.path, "w", format=self.format, container_options=container_options)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"cannot create {self.path}: {exc}") from None
+        try:
+            if family not in self._container.supported_codecs:
+                raise OutputError(f"{codec} ({family}) cannot be written to a {self.format} file; choose another codec")
+            self._open_video(codec, info)
+            self._open_audio(info.side_streams)
+            for key, value in {**info.metadata, **self.metadata}.items():
+                self._container.metadata[key] = str(value)
+        except BaseException:
+            self._container.close()
+            self._container = None
+            _remove(self.path)
+            raise
+        self.codec_used = codec
+
+    def _open_video(self, codec: str, info: Any) -> None:
+        w, h = info.width - info.width % 2, info.height - info.height % 2
+        if (w, h) != (info.width, info.height):
+            log.warning("encoder: %dx%d is odd; writing %dx%d (last row/column dropped)", info.width, info.height, w, h)
+        self._size = (w, h)
+        rate = info.frame_rate or Fraction(30)
+        stream = self._container.add_stream(codec, rate=rate)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = self.pix_fmt
+        stream.time_base = info.time_base
+        stream.codec_context.time_base = info.time_base
+        options = _codec_options(codec, self.crf, self.preset, self.tune)
+        options.update(self.options)
+        stream.options = options
+        cc = stream.codec_context
+        cc.color_range = 1  # our RGB->YUV conversion writes limited range
+        for key, value in info.colour.items():
+            if value not in (None, 2):  # 2 = unspecified
+                setattr(cc, key, value)
+        if info.rotation:
+            stream.set_display_rotation(info.rotation)
+        self._video = stream
+
+    def _open_audio(self, templates: list[Any]) -> None:
+        if self.audio == "none":
+            return
+        allowed = _AUDIO_COPY[self.format]
+        supported = self._container.supported_codecs
+        for template in templates:
+            name = template.codec_context.name
+            can_copy = name in supported and (allowed is None or name in allowed)
+            if self.audio == "copy" and can_copy:
+                out = self._container.add_stream_from_template(template)
+                self._audio_out.append((out, True))
+                continue
+            target = _AUDIO_REENCODE[self.format]
+            rate = template.codec_context.sample_rate or 48000
+            if target == "libopus" and rate not in (8000, 12000, 16000, 24000, 48000):
+                rate = 48000
+            out = self._container.add_stream(target, rate=rate)
+            layout = template.codec_context.layout
+            if layout is not None and layout.nb_channels <= 2:
+                out.layout = layout.name
+            log.info("encoder: audio %s re-encoded to %s for %s", name, target, self.format)
+            self._audio_out.append((out, False))
+
+    def write(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            av_frame = self._to_av(frame.image)
+            pts = int(frame.pts)
+            if self._last_pts is not None and pts <= self._last_pts:
+                pts = self._last_pts + 1
+                self.pts_repaired += 1
+            self._last_pts = pts
+            av_frame.pts = pts
+            av_frame.time_base = frame.time_base
+            for packet in self._video.encode(av_frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+            self._mux_side(until=frame.time)
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            if self.frames_written:
+                for packet in self._video.encode(None):
+                    self._container.mux(packet)
+                self._mux_side(until=None)
+                for stream, copied in self._audio_out:
+                    if not copied:
+                        for packet in stream.encode(None):
+                            self._container.mux(packet)
+        finally:
+            container, self._container = self._container, None
+            try:
+                container.close()
+            finally:
+                if not self.frames_written:
+                    _remove(self.path)
+                    log.warning("encoder: no frames were written; %s was not kept", self.path)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "output": self.path,
+            "codec": self.codec_used,
+            "frames_written": self.frames_written,
+            "pts_repaired": self.pts_repaired,
+            "audio_streams": [
+                {"codec": s.codec_context.name, "mode": "copy" if copied else "reencode"}
+                for s, copied in self._audio_out
+            ],
+            "bytes": os.path.getsize(self.path) if os.path.exists(self.path) else 0,
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def _to_av(self, image: torch.Tensor) -> av.VideoFrame:
+        w, h = self._size
+        if image.shape[0] != h or image.shape[1] != w:
+            if image.shape[0] >= h and image.shape[1] >= w and image.shape[0] - h <= 1 and image.shape[1] - w <= 1:
+                image = image[:h, :w]
+            else:  # the source changed size mid-stream (e.g. after a reconnect)
+                image = torch.from_numpy(cv2.resize(to_host(image), (w, h), interpolation=cv2.INTER_AREA))
+        if self.pix_fmt != "yuv420p":
+            return av.VideoFrame.from_ndarray(np.ascontiguousarray(to_host(image)), format="rgb24")
+        if image.device.type == "cuda":
+            i420 = to_host(rgb_to_i420(image))
+        else:
+            i420 = rgb_to_i420_numpy(to_host(image))
+        return av.VideoFrame.from_ndarray(i420, format="yuv420p")
+
+    def _mux_side(self, until: float | None) -> None:
+        assert self._ctx is not None
+        side = self._ctx.side
+        items = side.take_all() if until is None else side.take_until(lambda p: p.time <= until)
+        for item in items:
+            if item.index >= len(self._audio_out):
+                continue
+            stream, copied = self._audio_out[item.index]
+            packet = item.packet
+            if copied:
+                packet.stream = stream
+                self._container.mux(packet)
+                continue
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError:
+                continue
+            for audio_frame in decoded:
+                for out_packet in stream.encode(audio_frame):
+                    self._container.mux(out_packet)
+
+
+def _codec_options(codec: str, crf: int, preset: str, tune: str | None) -> dict[str, str]:
+    speed = _X264_PRESETS.index(preset)  # 0 = fastest
+    if codec in ("libx264", "libx265"):
+        opts = {"crf": str(min(crf, 51)), "preset": preset}
+        if tune:
+            opts["tune"] = tune
+        if codec == "libx265":
+            opts["x265-params"] = "log-level=error"
+        return opts
+    if codec == "libvpx-vp9":
+        return {
+            "crf": str(crf),
+            "b": "0",
+            "deadline": "realtime" if speed <= 2 else "good",
+            "cpu-used": str(max(0, 8 - speed)),
+            "row-mt": "1",
+        }
+    # NVENC: p1 (fastest) .. p7 (best)
+    opts = {"preset": f"p{min(7, 1 + speed * 6 // 9)}", "cq": str(min(crf, 51)), "rc": "vbr"}
+    if tune == "zerolatency":
+        opts["tune"] = "ull"
+    return opts
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -1,0 +1,80 @@
+"""YUV 4:2:0 <-> RGB conversions for the decoder and encoder.
+
+On the CPU, OpenCV's SIMD paths (about 0.4 ms and 1.4 ms per 1280x720 frame here, against 1.5 ms and
+6 ms for swscale's RGB paths). On CUDA, torch kernels that reproduce OpenCV's fixed-point BT.601
+arithmetic bit for bit, so a frame converts the same on every device and the CPU tests check the GPU
+maths. Chroma is upsampled by repetition and downsampled by taking the top-left sample of each 2x2
+block: an unmodified pixel's chroma survives a decode-encode round trip exactly.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+# OpenCV's BT.601 limited-range coefficients, scaled by 2**20 (color_yuv.simd.hpp).
+_SHIFT = 20
+_HALF = 1 << (_SHIFT - 1)
+_CY, _CUB, _CUG, _CVG, _CVR = 1220542, 2116026, -409993, -852492, 1673527
+_CRY, _CGY, _CBY = 269484, 528482, 102760
+_CRU, _CGU, _CBU = -155188, -305135, 460324
+_CGV, _CBV = -385875, -74448
+
+
+def i420_to_rgb_numpy(i420: np.ndarray) -> np.ndarray:
+    """``(H*3/2, W)`` uint8 I420 -> ``(H, W, 3)`` uint8 RGB (OpenCV)."""
+    return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
+
+
+def rgb_to_i420_numpy(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB with even H and W -> ``(H*3/2, W)`` uint8 I420 (OpenCV)."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+
+
+def _split_i420(i420: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    h = i420.shape[0] * 2 // 3
+    w = i420.shape[1]
+    y = i420[:h]
+    chroma = i420[h:].reshape(-1)
+    n = (h // 2) * (w // 2)
+    u = chroma[:n].reshape(h // 2, w // 2)
+    v = chroma[n : 2 * n].reshape(h // 2, w // 2)
+    return y, u, v
+
+
+def yuv_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Planes ``(H, W)``, ``(H/2, W/2)``, ``(H/2, W/2)`` uint8 -> ``(H, W, 3)`` uint8 RGB."""
+    yy = (y.to(torch.int32) - 16).clamp_(min=0) * _CY
+    uu = (u.to(torch.int32) - 128).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    vv = (v.to(torch.int32) - 128).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    uu = uu[: y.shape[0], : y.shape[1]]
+    vv = vv[: y.shape[0], : y.shape[1]]
+    r = (yy + _HALF + _CVR * vv) >> _SHIFT
+    g = (yy + _HALF + _CVG * vv + _CUG * uu) >> _SHIFT
+    b = (yy + _HALF + _CUB * uu) >> _SHIFT
+    return torch.stack((r, g, b), dim=-1).clamp_(0, 255).to(torch.uint8)
+
+
+def i420_to_rgb(i420: torch.Tensor) -> torch.Tensor:
+    """``(H*3/2, W)`` uint8 I420 on any device -> ``(H, W, 3)`` uint8 RGB on the same device."""
+    return yuv_to_rgb(*_split_i420(i420))
+
+
+def nv12_to_rgb(y: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """NV12 planes ``(H, W)`` and ``(H/2, W)`` (interleaved U, V) -> ``(H, W, 3)`` RGB."""
+    uv = uv.reshape(uv.shape[0], -1, 2)
+    return yuv_to_rgb(y, uv[..., 0], uv[..., 1])
+
+
+def rgb_to_i420(rgb: torch.Tensor) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB (even H, W) on any device -> ``(H*3/2, W)`` uint8 I420."""
+    h, w = rgb.shape[:2]
+    c = rgb.to(torch.int32)
+    r, g, b = c[..., 0], c[..., 1], c[..., 2]
+    y = (_CRY * r + _CGY * g + _CBY * b + _HALF + (16 << _SHIFT)) >> _SHIFT
+    rs, gs, bs = r[::2, ::2], g[::2, ::2], b[::2, ::2]
+    u = (_CRU * rs + _CGU * gs + _CBU * bs + _HALF + (128 << _SHIFT)) >> _SHIFT
+    v = (_CBU * rs + _CGV * gs + _CBV * bs + _HALF + (128 << _SHIFT)) >> _SHIFT
+    out = torch.cat((y.reshape(-1), u.reshape(-1), v.reshape(-1))).clamp_(0, 255).to(torch.uint8)
+    return out.reshape(h * 3 // 2, w)
