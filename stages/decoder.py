@@ -26,6 +26,8 @@ log = logging.getLogger("facestream.decoder")
 
 HwAccel = Literal["none", "cuda"]
 
+_MAX_SKEW_S = 1.0  # live streams: most the stream clock may drift from the wall clock before re-anchoring
+
 
 @dataclass
 class SidePacket:
@@ -146,6 +148,9 @@ class Decoder(Source):
         self.gaps: list[dict[str, float]] = []
         self.corrupt_packets = 0
         self._last_time = 0.0
+        self._ended = False
+        self._t_first: float | None = None
+        self._gap_pending: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,6 +243,9 @@ class Decoder(Source):
             ) from None
         except (av.error.FFmpegError, OSError) as exc:
             raise InputError(f"cannot open {spec.target}: {_reason(exc)}") from None
+        if container.format.name == "tty" and not spec.target.lower().endswith((".ans", ".art", ".asc", ".diz", ".ice")):
+            container.close()  # FFmpeg renders any text file as ANSI art
+            raise InputError(f"cannot read {spec.target}: not a video file FFmpeg can parse, or truncated")
         if not container.streams.video:
             container.close()
             raise InputError(f"no video stream in {spec.target}")
@@ -324,12 +332,11 @@ class Decoder(Source):
         spec = self._spec
         assert spec is not None
         out_tb = self.info.time_base
-        t_run = time.monotonic()
         offset_s = 0.0
         first = True
         while True:
             try:
-                yield from self._demux(self._container, out_tb, offset_s, t_run, first)
+                yield from self._demux(self._container, out_tb, offset_s, first)
                 if not (self._live and spec.kind != "file") or self._should_stop() or self._past_end():
                     return
                 raise _StreamDropped("the stream ended")
@@ -339,11 +346,11 @@ class Decoder(Source):
                 if not (self._live and spec.kind != "file" and self.reconnect):
                     raise InputError(f"reading {self.source} failed at {self._last_time:.2f} s: {_reason(exc)}") from None
                 first = False
-                offset_s = self._reconnect(exc, t_run)
+                offset_s = self._reconnect(exc)
                 if offset_s is None:
                     return
 
-    def _reconnect(self, exc: BaseException, t_run: float) -> float | None:
+    def _reconnect(self, exc: BaseException) -> float | None:
         """Reopen a dropped live stream with backoff; returns the new segment's time offset."""
         assert self._ctx is not None
         dropped_at = time.monotonic()
@@ -375,40 +382,44 @@ class Decoder(Source):
             log.warning("input: reconnected after %.1f s (attempt %d)", gap, attempts)
             self._gap_pending = gap
             # The new segment continues the timeline at the wall-clock time it resumed.
-            return max(time.monotonic() - t_run, self._last_time + 1e-3)
+            since_first = time.monotonic() - self._t_first if self._t_first is not None else 0.0
+            return max(since_first, self._last_time + 1e-3)
         return None
 
-    def _demux(self, container: Any, out_tb: Fraction, offset_s: float, t_run: float, first: bool) -> Iterator[Frame]:
+    def _demux(self, container: Any, out_tb: Fraction, offset_s: float, first: bool) -> Iterator[Frame]:
+        """Demux one connection (or the whole file): decoded video frames out, audio to the side channel.
+
+        Times are put on the output timeline: for files, seconds since the trim start; for live
+        streams, seconds since the run started, anchored to the wall clock (a stream whose timestamps
+        are missing or jump by more than ``_MAX_SKEW_S`` is re-anchored), so a reconnect resumes at the
+        time it happened and the gap stays visible.
+        """
         vs = container.streams.video[0]
         audio = list(container.streams.audio) if self.audio else []
         live_stream = self._live and self._spec.kind != "file"  # type: ignore[union-attr]
         tb = vs.time_base or Fraction(1, 90000)
-        if live_stream:
-            origin: float | None = None  # the segment's first timestamp, known at its first packet
-        else:
+        origin: float | None = None  # stream time that maps to output time `offset_s`
+        if not live_stream:
             origin = float((vs.start_time or 0) * tb) + (self.start or 0.0)
             if self.start:
                 container.seek(int(origin / tb), stream=vs, backward=True)
-        stop_at = None if self.end is None else (origin or 0.0) + self.end - (self.start or 0.0)
+        limit = None if self.end is None else self.end - (self.start or 0.0)
         audio_done = [False] * len(audio)
         video_done = False
-        t_pace = time.monotonic()
+        t_wall0: float | None = None if live_stream else time.monotonic()  # live: the segment's first frame
         frame_dt = float(1 / self.info.frame_rate) if self.info.frame_rate else 1 / 30
         for packet in container.demux(vs, *audio):
             if self._should_stop():
                 return
             if packet.stream.type == "audio":
-                if packet.pts is None or packet.dts is None:
+                if packet.pts is None or packet.dts is None or origin is None:
                     continue
                 k = audio.index(packet.stream)
-                t = float(packet.pts * packet.time_base)
-                if origin is None:
-                    origin = t
-                    stop_at = None if self.end is None else origin + self.end
-                if stop_at is not None and t >= stop_at:
+                rel = float(packet.pts * packet.time_base) - origin + offset_s
+                if limit is not None and rel >= limit:
                     audio_done[k] = True
-                elif t >= origin - 1e-6:
-                    self._send_side(k, packet, origin, offset_s)
+                elif rel >= offset_s - 1e-6:
+                    self._send_side(k, packet, origin - offset_s)
                 if video_done and all(audio_done):
                     return
                 continue
@@ -424,25 +435,33 @@ class Decoder(Source):
                     log.warning("input: skipping corrupt video data in %s", self.source)
                 continue
             for av_frame in decoded:
-                if av_frame.pts is None:
-                    av_frame.pts = int(round(self._last_time / tb)) + 1
-                t = float(av_frame.pts * tb)
-                if origin is None:
-                    origin = t
-                    stop_at = None if self.end is None else origin + self.end
-                if t < origin - 1e-6:
-                    continue
-                if stop_at is not None and t >= stop_at - 1e-6:
-                    video_done = True
+                t = float(av_frame.pts * tb) if av_frame.pts is not None else None
+                if live_stream:
+                    if t_wall0 is None:
+                        t_wall0 = time.monotonic()
+                    wall = time.monotonic() - t_wall0
+                    if t is None:
+                        t = (origin or 0.0) + wall
+                    if origin is None or abs((t - origin) - wall) > _MAX_SKEW_S:
+                        origin = t - wall
+                    rel = max(t - origin + offset_s, self._last_time + 1e-4 if self._index else 0.0)
+                else:
+                    if t is None:
+                        t = origin + self._last_time + frame_dt  # type: ignore[operator]
+                    if t < origin - 1e-6:  # type: ignore[operator]
+                        continue
+                    rel = t - origin  # type: ignore[operator]
+                    if self.realtime:
+                        self._sleep_until(t_wall0 + rel)  # type: ignore[operator]
+                if limit is not None and rel >= limit - 1e-6:
+                    video_done = self._ended = True
                     break
-                rel = t - origin + offset_s
-                if self.realtime and not live_stream:
-                    self._sleep_until(t_pace + rel)
                 self._last_time = rel
+                if self._t_first is None:
+                    self._t_first = time.monotonic()
                 frame = self._frame(int(round(rel / out_tb)), out_tb, self._to_tensor(av_frame))
-                gap = getattr(self, "_gap_pending", None)
-                if gap is not None:
-                    frame.meta["gap_s"] = gap
+                if self._gap_pending is not None:
+                    frame.meta["gap_s"] = self._gap_pending
                     self._gap_pending = None
                 if first and self._index == 1:
                     frame.meta["_rotation"] = getattr(av_frame, "rotation", 0) or 0
@@ -470,9 +489,10 @@ class Decoder(Source):
                 f"{self.source} ended at {got:.1f} s of {expected:.1f} s: the file is truncated or corrupt"
             )
 
-    def _send_side(self, k: int, packet: av.Packet, origin: float, offset_s: float) -> None:
+    def _send_side(self, k: int, packet: av.Packet, shift_s: float) -> None:
+        """Re-time an audio packet onto the output timeline (``t_out = t - shift_s``) and pass it on."""
         assert self._ctx is not None
-        shift = int(round((origin - offset_s) / packet.time_base))
+        shift = int(round(shift_s / packet.time_base))
         packet.pts -= shift
         packet.dts -= shift
         if packet.pts < 0:
@@ -503,7 +523,7 @@ class Decoder(Source):
         return self._ctx is not None and self._ctx.stop.is_set()
 
     def _past_end(self) -> bool:
-        return self.end is not None and self._last_time >= self.end - (self.start or 0.0) - 1e-3
+        return self._ended
 
     def _sleep_until(self, deadline: float) -> None:
         assert self._ctx is not None

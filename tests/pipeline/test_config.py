@@ -1,0 +1,69 @@
+import pytest
+
+from facestream.settings import list_presets, load_settings
+from pipeline.errors import ConfigError
+
+
+def test_shipped_presets_load_and_describe_themselves():
+    presets = list_presets()
+    assert {"offline", "live", "demo"} <= presets.keys()
+    assert all(presets.values()), "every preset has a one-line description"
+    for name in presets:
+        load_settings(preset=name)
+    assert load_settings(preset="live").flow.policy == "latest"
+    assert load_settings(preset="offline").flow.policy == "block"
+
+
+def test_base_inheritance_and_overrides_apply_in_order(tmp_path):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("base: live\noutput:\n  crf: 30\n")
+    s = load_settings(config_file=str(cfg), overrides=["output.crf=12", "flow.queue_size=5", "input.backoff_s=[1, 4]"])
+    assert s.flow.policy == "latest"  # from the base
+    assert s.output.crf == 12  # --set wins over the file
+    assert s.flow.queue_size == 5
+    assert s.input.backoff_s == (1.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    "override, source, key, words",
+    [
+        ("flow.queue_size=abc", "--set flow.queue_size=abc", "flow.queue_size", "expected an integer, got 'abc'"),
+        ("flow.nope=1", "--set flow.nope=1", "flow.nope", "unknown key 'nope'"),
+        ("flow.policy=sometimes", "--set flow.policy=sometimes", "flow.policy", "'sometimes'"),
+        ("output.crf=99", "--set output.crf=99", "output.crf", "99"),
+        ("device=tpu", "--set device=tpu", "device", "'tpu'"),
+        ("input.realtime=maybe", "--set input.realtime=maybe", "input.realtime", "true or false"),
+    ],
+)
+def test_bad_overrides_name_source_key_and_value(override, source, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_settings(preset="offline", overrides=[override])
+    msg = str(err.value)
+    assert f"in {source}" in msg and f"at {key}" in msg and words in msg
+    assert "\n" not in msg
+
+
+def test_bad_value_in_a_file_names_the_file(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("flow:\n  queue_size: -3\n")
+    with pytest.raises(ConfigError, match=rf"in {cfg} at flow.queue_size: queue_size must be > 0 \(got -3\)"):
+        load_settings(config_file=str(cfg))
+
+
+def test_value_from_base_preset_is_blamed_on_the_right_file(tmp_path):
+    cfg = tmp_path / "child.yaml"
+    cfg.write_text("base: offline\nflow:\n  policy: 3\n")
+    with pytest.raises(ConfigError, match="child.yaml at flow.policy"):
+        load_settings(config_file=str(cfg))
+
+
+def test_broken_yaml_names_file_and_line(tmp_path):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("flow:\n  queue_size: 4\n bad indent: [\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML \(line \d+\)"):
+        load_settings(config_file=str(cfg))
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="no preset named 'fast'.*offline"):
+        load_settings(preset="fast")
