@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", help="list the shipped presets", description="List the shipped presets.")
     presets.set_defaults(func=cmd_presets)
 
+    demo = sub.add_parser(
+        "demo",
+        help="run the bundled demo (a clip built from photos shipped in packages)",
+        description="Build the demo clip from photos that ship in installed packages and run the demo preset on it.",
+    )
+    demo.add_argument("-o", "--output", default="facestream-demo.mp4", metavar="OUTPUT", help="default: %(default)s")
+    demo.add_argument("--stats", default="facestream-demo.json", metavar="FILE.json", help="default: %(default)s")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one preset key")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    demo.set_defaults(func=cmd_demo)
+
     doctor = sub.add_parser(
         "doctor", help="report device, CUDA, NVML, codecs and encoders found", description="Report what this machine offers."
     )
@@ -97,6 +108,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return report.exit_code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(output=args.output, stats=args.stats, overrides=args.set, quiet=args.quiet)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

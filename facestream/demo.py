@@ -1,0 +1,30 @@
+"""``facestream demo``: the whole job on a clip built from photos that ship in packages, offline."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from .app import run_job
+from .scenes import demo_scene
+from .settings import load_settings
+
+
+def run_demo(*, output: str, stats: str | None, overrides: list[str], quiet: bool = False) -> int:
+    settings = load_settings(preset="demo", overrides=[*overrides, *(["stats.progress=none"] if quiet else [])])
+    with tempfile.TemporaryDirectory(prefix="facestream-demo-") as tmp:
+        clip = Path(tmp) / "demo-input.mp4"
+        print("facestream: building the demo clip from packaged photos", file=sys.stderr)
+        demo_scene(clip)
+        report = run_job(settings, source=str(clip), output=output, stats_path=stats)
+    if report.error is not None:
+        print(f"facestream: error: {report.error}", file=sys.stderr)
+        return report.exit_code
+    s = report.stats
+    print(
+        f"facestream: demo written to {output} ({s['frames_out']} frames, {s['fps']:.1f} fps)"
+        + (f"; statistics in {stats}" if stats else ""),
+        file=sys.stderr,
+    )
+    return report.exit_code

@@ -1,0 +1,199 @@
+"""Clips built from real photos that ship inside PyPI packages, for the demo, benchmarks and tests.
+
+The photos: insightface's ``t1.jpg`` (a group photo, 1280x886, six faces) and scikit-image's
+``astronaut.png`` (a NASA portrait in the public domain). They are found on disk without importing
+their packages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from pipeline.errors import FacestreamError
+
+PHOTOS = {
+    "group": ("insightface", "data/images/t1.jpg"),
+    "astronaut": ("skimage", "data/astronaut.png"),
+    "tom": ("insightface", "data/images/Tom_Hanks_54745.png"),
+}
+
+
+def photo_path(name: str) -> Path:
+    """Where a packaged photo lies; says which package to install when it is missing."""
+    package, rel = PHOTOS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FacestreamError(
+            f"the photo '{name}' ships with the {package} package, which is not installed "
+            f"(pip install 'facestream[demo]')"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
+    if not path.is_file():
+        raise FacestreamError(f"the photo '{name}' is missing from the installed {package} package: {path}")
+    return path
+
+
+def load_photo(name: str) -> np.ndarray:
+    """A packaged photo as ``(H, W, 3)`` uint8 RGB."""
+    bgr = cv2.imread(str(photo_path(name)), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+Trajectory = Callable[[float], "tuple[float, float, float] | None"]
+
+
+@dataclass
+class Sprite:
+    """A photo crop moved over the background; ``path(t)`` gives its centre and scale, or ``None``
+    while it is off stage. ``face`` is the face box within the crop, ``[x1, y1, x2, y2]``."""
+
+    name: str
+    image: np.ndarray
+    path: Trajectory
+    face: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class SceneTruth:
+    """Per frame, the on-stage sprites' names and face boxes (in frame pixels)."""
+
+    fps: int
+    frames: list[list[tuple[str, np.ndarray]]] = field(default_factory=list)
+
+
+def render_scene(
+    path: str | Path,
+    *,
+    background: np.ndarray,
+    sprites: Sequence[Sprite] = (),
+    size: tuple[int, int] = (640, 360),
+    fps: int = 25,
+    seconds: float = 8.0,
+    pan: float = 0.0,
+    audio: bool = True,
+    crf: int = 20,
+) -> SceneTruth:
+    """Encode a clip: the background (panned vertically by ``pan`` of its spare height over the clip)
+    with sprites composited on top, and a quiet tone as audio. Returns the ground truth."""
+    w, h = size
+    bg = _cover(background, w, h + int(round(pan * h)))
+    n = int(round(seconds * fps))
+    truth = SceneTruth(fps=fps)
+    out = av.open(str(path), "w")
+    vs = out.add_stream("libx264", rate=fps)
+    vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+    vs.codec_context.gop_size = fps
+    vs.options = {"preset": "veryfast", "crf": str(crf)}
+    astream = out.add_stream("aac", rate=48000) if audio else None
+    if astream is not None:
+        astream.layout = "mono"
+    apos = 0
+    for i in range(n):
+        t = i / fps
+        y0 = int(round((bg.shape[0] - h) * (t / max(seconds, 1e-9))))
+        frame = bg[y0 : y0 + h].copy()
+        on_stage = []
+        for sprite in sprites:
+            place = sprite.path(t)
+            if place is None:
+                continue
+            box = _paste(frame, sprite, *place)
+            if box is not None:
+                on_stage.append((sprite.name, box))
+        truth.frames.append(on_stage)
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = i
+        vf.time_base = Fraction(1, fps)
+        for packet in vs.encode(vf):
+            out.mux(packet)
+        while astream is not None and apos / 48000 <= t + 0.05:
+            k = np.arange(apos, apos + 1024)
+            tone = (0.05 * np.sin(2 * np.pi * 220 * k / 48000)).astype(np.float32).reshape(1, -1)
+            af = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            af.sample_rate, af.pts, af.time_base = 48000, apos, Fraction(1, 48000)
+            for packet in astream.encode(af):
+                out.mux(packet)
+            apos += 1024
+    for packet in vs.encode(None):
+        out.mux(packet)
+    if astream is not None:
+        for packet in astream.encode(None):
+            out.mux(packet)
+    out.close()
+    return truth
+
+
+def _cover(image: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Scale ``image`` to cover ``w`` x ``h`` and crop the centre."""
+    scale = max(w / image.shape[1], h / image.shape[0])
+    resized = cv2.resize(image, (int(np.ceil(image.shape[1] * scale)), int(np.ceil(image.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    y = (resized.shape[0] - h) // 2
+    x = (resized.shape[1] - w) // 2
+    return resized[y : y + h, x : x + w]
+
+
+def _paste(frame: np.ndarray, sprite: Sprite, cx: float, cy: float, scale: float) -> np.ndarray | None:
+    """Composite a sprite with a soft elliptical edge; returns its face box in the frame, if visible."""
+    img = sprite.image
+    sw, sh = max(2, int(round(img.shape[1] * scale))), max(2, int(round(img.shape[0] * scale)))
+    patch = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    yy, xx = np.mgrid[0:sh, 0:sw]
+    r = ((xx - sw / 2) / (sw / 2)) ** 2 + ((yy - sh / 2) / (sh / 2)) ** 2
+    alpha = np.clip((1.0 - r) * 4, 0, 1)[..., None].astype(np.float32)
+    x0, y0 = int(round(cx - sw / 2)), int(round(cy - sh / 2))
+    fx0, fy0 = max(x0, 0), max(y0, 0)
+    fx1, fy1 = min(x0 + sw, frame.shape[1]), min(y0 + sh, frame.shape[0])
+    if fx1 <= fx0 or fy1 <= fy0:
+        return None
+    px0, py0 = fx0 - x0, fy0 - y0
+    region = frame[fy0:fy1, fx0:fx1].astype(np.float32)
+    a = alpha[py0 : py0 + fy1 - fy0, px0 : px0 + fx1 - fx0]
+    src = patch[py0 : py0 + fy1 - fy0, px0 : px0 + fx1 - fx0].astype(np.float32)
+    frame[fy0:fy1, fx0:fx1] = (a * src + (1 - a) * region).astype(np.uint8)
+    if sprite.face is None:
+        return None
+    fx1_, fy1_, fx2_, fy2_ = sprite.face
+    box = np.array([x0 + fx1_ * scale, y0 + fy1_ * scale, x0 + fx2_ * scale, y0 + fy2_ * scale], np.float32)
+    visible = (min(box[2], frame.shape[1]) - max(box[0], 0)) * (min(box[3], frame.shape[0]) - max(box[1], 0))
+    if visible < 0.6 * (box[2] - box[0]) * (box[3] - box[1]):
+        return None  # mostly off screen: not a face anyone could be expected to find
+    return box
+
+
+# Face boxes in the packaged photos, measured once with dlib's HOG detector (upsampled once), so
+# scenes know where the faces in their sprites are without running a detector.
+ASTRONAUT_FACE = (175.0, 76.0, 265.0, 166.0)
+GROUP_FACES = (
+    (67.0, 283.0, 175.0, 390.0),
+    (275.0, 176.0, 364.0, 265.0),
+    (450.0, 295.0, 557.0, 402.0),
+    (724.0, 367.0, 832.0, 474.0),
+    (870.0, 67.0, 999.0, 196.0),
+    (1118.0, 283.0, 1226.0, 390.0),
+)
+
+
+def demo_scene(path: str | Path, *, size: tuple[int, int] = (640, 360), fps: int = 25, seconds: float = 8.0) -> SceneTruth:
+    """The demo clip: the group photo, slowly panned, with the astronaut's portrait crossing it."""
+    group = load_photo("group")
+    astronaut = load_photo("astronaut")[20:300, 100:350]
+    face = (ASTRONAUT_FACE[0] - 100, ASTRONAUT_FACE[1] - 20, ASTRONAUT_FACE[2] - 100, ASTRONAUT_FACE[3] - 20)
+    w, h = size
+
+    def across(t: float) -> tuple[float, float, float] | None:
+        u = t / seconds
+        return (-0.2 * w + 1.4 * w * u, 0.55 * h, 0.55 * h / astronaut.shape[0])
+
+    return render_scene(
+        path, background=group, sprites=[Sprite("astronaut", astronaut, across, face)], size=size, fps=fps,
+        seconds=seconds, pan=0.15,
+    )
