@@ -20,6 +20,11 @@ from pipeline.stage import Stage
 from stages.decoder import Decoder
 from stages.encoder import CONTAINERS, Encoder
 from stages.media.inputs import resolve_input
+from stages.detector import Detector
+from stages.embedder import Embedder
+from stages.export import FacesJsonl
+from stages.landmarker import Landmarker
+from stages.models.factory import ModelConfig
 from stages.passthrough import PassThrough
 
 from . import __version__
@@ -36,7 +41,45 @@ def _configured(section: str, factory: Callable[[], Stage]) -> Stage:
         raise ConfigError(str(exc), key=section) from None
 
 
-def build_stages(settings: Settings, *, source: str, output: str) -> list[Stage]:
+def model_config(settings: Settings) -> ModelConfig:
+    m = settings.models
+    return _configured(
+        "models",
+        lambda: ModelConfig(
+            pack=m.pack, name=m.name, dir=m.dir,
+            files={"detector": m.detector, "landmarker": m.landmarker, "recognizer": m.recognizer, "swapper": m.swapper},
+            engine=m.engine, dtype=m.dtype, providers=tuple(m.providers) if m.providers else None, threads=m.threads,
+        ),
+    )
+
+
+def analysis_stages(settings: Settings, *, landmarks: bool, embeddings: bool) -> list[Stage]:
+    """Detector, then the landmarker and embedder where they are wanted."""
+    d, flow = settings.detector, settings.flow
+    models = model_config(settings)
+    batch = {"batch_size": flow.batch_size, "max_wait_ms": flow.max_wait_ms}
+    stages: list[Stage] = [
+        _configured(
+            "detector",
+            lambda: Detector(
+                models=models, input_size=d.input_size, score_threshold=d.score_threshold,
+                nms_threshold=d.nms_threshold, max_faces=d.max_faces, min_size=d.min_size, every=d.every,
+                builtin_model=d.builtin_model, upsample=d.upsample, **batch,
+            ),
+        )
+    ]
+    kind = settings.landmarker.model
+    if kind == "auto":
+        kind = "2d106" if landmarks else "none"
+    if kind != "none" and models.pack == "insightface":
+        stages.append(Landmarker(models=models, kind=kind, **batch))
+    want_embed = {"always": True, "never": False}.get(settings.embedder.enabled, embeddings)
+    if want_embed:
+        stages.append(Embedder(models=models, **batch))
+    return stages
+
+
+def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: str | None = None) -> list[Stage]:
     """Decoder, the mode's processing stages, encoder."""
     i, o = settings.input, settings.output
     decoder = _configured(
@@ -62,7 +105,15 @@ def build_stages(settings: Settings, *, source: str, output: str) -> list[Stage]
             webcam_format=i.webcam_format,
         ),
     )
-    middle: list[Stage] = [PassThrough(batch_size=1)]
+    middle: list[Stage]
+    if settings.mode == "analyze":
+        middle = analysis_stages(settings, landmarks=True, embeddings=False)
+    elif faces_jsonl:
+        middle = analysis_stages(settings, landmarks=False, embeddings=False)
+    else:
+        middle = [PassThrough(batch_size=1)]
+    if faces_jsonl:
+        middle.append(FacesJsonl(path=faces_jsonl, landmarks=settings.landmarker.model not in ("auto", "none")))
     encoder = _configured(
         "output",
         lambda: Encoder(
@@ -98,6 +149,7 @@ def run_job(
     source: str,
     output: str,
     stats_path: str | None = None,
+    faces_jsonl: str | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> RunReport:
     """Run one job and write its statistics (also when it fails)."""
@@ -110,7 +162,7 @@ def run_job(
         torch.set_num_threads(settings.threads)
     live = is_live_input(source, settings)
     policy = settings.flow.policy if settings.flow.policy != "auto" else ("latest" if live else "block")
-    stages = build_stages(settings, source=source, output=output)
+    stages = build_stages(settings, source=source, output=output, faces_jsonl=faces_jsonl)
     if progress is None:
         progress = ProgressPrinter(settings.stats.progress)
     pipeline = Pipeline(

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one preset key (repeatable)")
     run.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (same as --set device=DEV)")
     run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
+    run.add_argument("--faces-jsonl", metavar="FILE.jsonl", help="write every frame's faces as JSON lines")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run.set_defaults(func=cmd_run)
 
@@ -96,7 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("stats.progress=none")
     settings = load_settings(preset=args.preset, config_file=args.config, overrides=overrides)
-    report = run_job(settings, source=args.input, output=args.output, stats_path=args.stats)
+    report = run_job(settings, source=args.input, output=args.output, stats_path=args.stats,
+                     faces_jsonl=args.faces_jsonl)
     stats = report.stats
     if report.error is not None:
         print(f"facestream: error: {report.error}", file=sys.stderr)

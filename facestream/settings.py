@@ -110,11 +110,80 @@ class StatsSettings:
 
 
 @dataclass
+class ModelSettings:
+    """Which model pack, where its files are, and how the models run."""
+
+    pack: Literal["builtin", "insightface"] = "builtin"
+    """``builtin``: dlib's detector, landmarks and embedder (offline, CPU); ``insightface``: your ONNX files."""
+    name: str = "buffalo_l"
+    """The insightface pack folder: buffalo_l, buffalo_m, buffalo_s, antelopev2 (or a folder of your own)."""
+    dir: str | None = None
+    """A folder looked in first."""
+    detector: str | None = None
+    landmarker: str | None = None
+    recognizer: str | None = None
+    swapper: str | None = None
+    engine: Literal["auto", "torch", "onnxruntime"] = "auto"
+    """``auto``: torch on CUDA (batched, no host round trip), onnxruntime on the CPU."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    providers: list[str] | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "threads")
+
+
+@dataclass
+class DetectorSettings:
+    """Face detection."""
+
+    input_size: tuple[int, int] = (640, 640)
+    score_threshold: float = 0.5
+    nms_threshold: float = 0.4
+    max_faces: int = 0
+    """0: every face."""
+    min_size: float = 0.0
+    """Pixels on the box's shorter side."""
+    every: int = 1
+    """Detect every N-th frame; the tracker predicts the frames between."""
+    builtin_model: Literal["hog", "mmod"] = "hog"
+    upsample: int = 0
+    """Builtin detector: 1 finds faces down to about 40 px, at four times the cost."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.score_threshold <= 1:
+            raise FieldError("score_threshold", "score_threshold must be within 0..1")
+        if not 0 < self.nms_threshold <= 1:
+            raise FieldError("nms_threshold", "nms_threshold must be within (0, 1]")
+        _positive(self, "every")
+        if min(self.input_size) < 32 or any(v % 32 for v in self.input_size):
+            raise FieldError("input_size", "input_size must be two multiples of 32")
+        if self.max_faces < 0 or self.min_size < 0 or self.upsample < 0:
+            raise FieldError("max_faces", "max_faces, min_size and upsample must be >= 0")
+
+
+@dataclass
+class LandmarkerSettings:
+    """Dense landmarks (run only where a stage needs them)."""
+
+    model: Literal["auto", "none", "2d106", "3d68"] = "auto"
+    """``auto``: what the mode needs (none for pass-through, 2d106 or the builtin 68 for analysis)."""
+
+
+@dataclass
+class EmbedderSettings:
+    """Identity embeddings."""
+
+    enabled: Literal["auto", "always", "never"] = "auto"
+    """``auto``: where identities are needed (face selection by reference, swaps)."""
+
+
+@dataclass
 class Settings:
     """A whole preset."""
 
     description: str = ""
-    mode: Literal["passthrough"] = "passthrough"
+    mode: Literal["passthrough", "analyze"] = "passthrough"
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int | None = None
@@ -123,6 +192,10 @@ class Settings:
     input: InputSettings = field(default_factory=InputSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    landmarker: LandmarkerSettings = field(default_factory=LandmarkerSettings)
+    embedder: EmbedderSettings = field(default_factory=EmbedderSettings)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):

@@ -323,6 +323,7 @@ def create_engine(
     dtype: DTypeName = "float32",
     providers: list[str] | None = None,
     threads: int | None = None,
+    model: onnx.ModelProto | None = None,
 ) -> TorchEngine | OrtEngine:
     """Load an ONNX model once and wrap it in the chosen engine.
 
@@ -340,6 +341,8 @@ def create_engine(
         providers: onnxruntime execution providers; default: :func:`default_providers`.
         threads: onnxruntime intra-op threads. The torch engine uses torch's process-wide
             thread setting (``torch.set_num_threads``), which an engine does not change.
+        model: The file's ModelProto, already parsed (e.g. to check its signature): used instead
+            of parsing ``path`` again, and treated as owned.
 
     Returns:
         The engine.
@@ -362,7 +365,8 @@ def create_engine(
         )
     owned = not isinstance(path, onnx.ModelProto)
     source = os.fspath(path) if owned else "<ModelProto>"  # type: ignore[arg-type]
-    model = load_model_proto(path)
+    if model is None or not owned:
+        model = load_model_proto(path)
     result: TorchEngine | OrtEngine
     if engine == "torch":
         result = TorchEngine(model, source=source, device=device, dtype=dtype)

@@ -1,0 +1,68 @@
+"""The faces export: one JSON line per frame, written in order as frames pass."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from pipeline.errors import OutputError
+from pipeline.frame import Frame
+from pipeline.stage import RunContext, Transform
+
+
+def face_record(face: Any) -> dict[str, Any]:
+    """A face as plain JSON data (coordinates rounded to 0.01 px)."""
+    rec: dict[str, Any] = {
+        "box": [round(float(v), 2) for v in face.box],
+        "score": round(float(face.score), 4),
+        "kps": [[round(float(x), 2), round(float(y), 2)] for x, y in face.kps] if face.kps is not None else None,
+        "track_id": face.track_id,
+        "identity": face.identity,
+    }
+    if face.predicted:
+        rec["predicted"] = True
+    return rec
+
+
+class FacesJsonl(Transform):
+    """Writes ``{"frame": i, "pts": seconds, "faces": [...]}`` per frame to a JSON-lines file.
+
+    Args:
+        path: The file to write (replaced).
+        landmarks: Also write each face's dense landmarks.
+    """
+
+    name = "faces_jsonl"
+
+    def __init__(self, *, path: str, landmarks: bool = False) -> None:
+        self.path = path
+        self.landmarks = landmarks
+        self._file: IO[str] | None = None
+        self.lines = 0
+
+    def open(self, ctx: RunContext) -> None:
+        try:
+            self._file = open(self.path, "w", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write faces export {self.path}: {exc.strerror}") from None
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        assert self._file is not None
+        for f in frames:
+            faces = []
+            for face in f.faces:
+                rec = face_record(face)
+                if self.landmarks and face.landmarks is not None:
+                    rec["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks]
+                faces.append(rec)
+            self._file.write(json.dumps({"frame": f.index, "pts": round(f.time, 6), "faces": faces}) + "\n")
+        self.lines += len(frames)
+        return frames
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def report(self) -> dict[str, Any]:
+        return {"path": self.path, "lines": self.lines}

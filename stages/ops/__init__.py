@@ -1,0 +1,1 @@
+"""Batched image and geometry operations the face stages share (no torchvision needed)."""

@@ -1,0 +1,161 @@
+"""Similarity alignment to the ArcFace template and affine warps of face crops, batched.
+
+The geometry is insightface's: ``estimate_norm`` (a least-squares similarity from five keypoints to
+``ARCFACE_DST``, scaled for 112- or 128-pixel crops) and ``norm_crop`` (``cv2.warpAffine`` with a
+black border). On the CPU each crop is one ``cv2.warpAffine``; on CUDA all crops of a batch come from
+one ``grid_sample`` call that reads the frames where they lie.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ARCFACE_DST = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+
+def template(size: int) -> np.ndarray:
+    """The five-point template for a ``size`` crop (112-multiples: scaled; 128-multiples: shifted)."""
+    if size % 112 == 0:
+        ratio, shift = size / 112.0, 0.0
+    elif size % 128 == 0:
+        ratio = size / 128.0
+        shift = 8.0 * ratio
+    else:
+        raise ValueError(f"crop size must be a multiple of 112 or 128, got {size}")
+    dst = ARCFACE_DST * ratio
+    dst[:, 0] += shift
+    return dst
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` onto ``dst``.
+
+    Args:
+        src: ``(B, N, 2)`` or ``(N, 2)`` points.
+        dst: ``(N, 2)`` target points.
+
+    Returns:
+        ``(B, 2, 3)`` (or ``(2, 3)``) float64 matrices ``M`` with ``dst ~ M @ [x, y, 1]``. In two
+        dimensions the Umeyama estimate has this closed form.
+    """
+    single = src.ndim == 2
+    s = np.asarray(src, np.float64).reshape(-1, src.shape[-2], 2)
+    d = np.asarray(dst, np.float64)
+    s_mean = s.mean(axis=1, keepdims=True)
+    d_mean = d.mean(axis=0)
+    sc = s - s_mean
+    dc = d - d_mean
+    var = (sc**2).sum(axis=(1, 2))
+    a = (sc[..., 0] * dc[:, 0] + sc[..., 1] * dc[:, 1]).sum(axis=1) / var
+    b = (sc[..., 0] * dc[:, 1] - sc[..., 1] * dc[:, 0]).sum(axis=1) / var
+    m = np.zeros((s.shape[0], 2, 3))
+    m[:, 0, 0], m[:, 0, 1] = a, -b
+    m[:, 1, 0], m[:, 1, 1] = b, a
+    m[:, :, 2] = d_mean - np.einsum("bij,bj->bi", m[:, :, :2], s_mean[:, 0])
+    return m[0] if single else m
+
+
+def estimate_norm(kps: np.ndarray, size: int = 112) -> np.ndarray:
+    """``(B, 5, 2)`` keypoints -> ``(B, 2, 3)`` matrices taking each face onto the template."""
+    return similarity(kps, template(size))
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    """Inverse of ``(..., 2, 3)`` affine matrices."""
+    a = m[..., :2]
+    inv = np.linalg.inv(a)
+    t = -np.einsum("...ij,...j->...i", inv, m[..., 2])
+    return np.concatenate([inv, t[..., None]], axis=-1)
+
+
+def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Apply ``(2, 3)`` (or ``(B, 2, 3)``) affine matrices to ``(..., N, 2)`` points."""
+    return np.einsum("...ij,...nj->...ni", m[..., :2], points) + m[..., None, :, 2]
+
+
+def crop_transform(boxes: np.ndarray, size: int, margin: float = 1.5) -> np.ndarray:
+    """Matrices taking a square of ``margin`` x the box's longer side, centred on the box, onto a
+    ``size`` x ``size`` crop (insightface's landmark crop, rotation 0)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2
+    scale = size / (np.maximum(w, h) * margin)
+    m = np.zeros((len(boxes), 2, 3))
+    m[:, 0, 0] = m[:, 1, 1] = scale
+    m[:, 0, 2] = size / 2 - cx * scale
+    m[:, 1, 2] = size / 2 - cy * scale
+    return m
+
+
+def warp_faces(
+    frames: list[torch.Tensor], frame_of: list[int], matrices: np.ndarray, size: int
+) -> torch.Tensor:
+    """Warp one crop per face out of its frame.
+
+    Args:
+        frames: ``(H, W, 3)`` uint8 RGB frames, all on one device.
+        frame_of: For each face, the index of its frame in ``frames``.
+        matrices: ``(B, 2, 3)`` matrices from frame pixels to crop pixels, one per face.
+        size: Crop side.
+
+    Returns:
+        ``(B, size, size, 3)`` uint8 crops on the frames' device (black outside the frame).
+    """
+    if not len(frame_of):
+        device = frames[0].device if frames else torch.device("cpu")
+        return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device)
+    if frames[0].device.type == "cpu":
+        crops = [
+            cv2.warpAffine(frames[f].numpy(), m.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+            for f, m in zip(frame_of, matrices)
+        ]
+        return torch.from_numpy(np.stack(crops))
+    return warp_faces_torch(frames, frame_of, matrices, size)
+
+
+def warp_faces_torch(
+    frames: list[torch.Tensor], frame_of: list[int], matrices: np.ndarray, size: int
+) -> torch.Tensor:
+    """:func:`warp_faces` with ``grid_sample`` (any device): frames with the same size are sampled
+    in one call, each frame's faces laid side by side in its grid."""
+    device = frames[0].device
+    inv = torch.from_numpy(invert_affine(np.asarray(matrices, np.float64))).to(device, torch.float32)
+    ys, xs = torch.meshgrid(
+        torch.arange(size, device=device, dtype=torch.float32),
+        torch.arange(size, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    base = torch.stack((xs, ys, torch.ones_like(xs)), dim=-1).reshape(-1, 3)  # (size*size, 3)
+    src = torch.einsum("pk,bjk->bpj", base, inv)  # (B, size*size, 2) in frame pixels
+    out = torch.empty((len(frame_of), size, size, 3), dtype=torch.uint8, device=device)
+    by_frame: dict[int, list[int]] = {}
+    for face, f in enumerate(frame_of):
+        by_frame.setdefault(f, []).append(face)
+    per = max(len(v) for v in by_frame.values())
+    order = sorted(by_frame)
+    shape_groups: dict[tuple[int, int], list[int]] = {}
+    for f in order:
+        shape_groups.setdefault(tuple(frames[f].shape[:2]), []).append(f)
+    for (h, w), group in shape_groups.items():
+        images = torch.stack([frames[f] for f in group]).permute(0, 3, 1, 2).float()
+        grid = torch.full((len(group), size, size * per, 2), -2.0, device=device)
+        for gi, f in enumerate(group):
+            for k, face in enumerate(by_frame[f]):
+                pts = src[face]
+                norm = torch.stack(((2 * pts[:, 0] + 1) / w - 1, (2 * pts[:, 1] + 1) / h - 1), dim=-1)
+                grid[gi, :, k * size : (k + 1) * size] = norm.reshape(size, size, 2)
+        sampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = sampled.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        for gi, f in enumerate(group):
+            for k, face in enumerate(by_frame[f]):
+                out[face] = sampled[gi, :, k * size : (k + 1) * size]
+    return out
