@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", help="report device, CUDA, NVML, codecs and encoders found", description="Report what this machine offers."
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--models-dir", metavar="DIR", help="also look for model files here")
     doctor.set_defaults(func=cmd_doctor)
     return parser
 
@@ -131,7 +132,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import collect, render
 
-    report = collect()
+    report = collect(args.models_dir)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any
 
 import av
@@ -38,7 +39,36 @@ def _nvml() -> dict[str, Any]:
         pynvml.nvmlShutdown()
 
 
-def collect() -> dict[str, Any]:
+def models_found(models_dir: str | None = None) -> dict[str, Any]:
+    """Each pack's files: where each was found, or None."""
+    from pipeline.errors import ModelError
+    from stages.models.packs import DLIB_FILES, PACKS, SWAPPER_FILES, dlib_model, find_model, search_dirs
+
+    out: dict[str, Any] = {"builtin": {}, "insightface": {}, "swapper": None}
+    for name, file in DLIB_FILES.items():
+        if file is None:
+            continue
+        try:
+            out["builtin"][file] = str(dlib_model(name))
+        except ModelError:
+            out["builtin"][file] = None
+    for pack, files in PACKS.items():
+        found = {}
+        for role, file in files.items():
+            try:
+                found[file] = str(find_model(role, [file], pack=pack, models_dir=models_dir, override=None))
+            except ModelError:
+                found[file] = None
+        out["insightface"][pack] = found
+    try:
+        out["swapper"] = str(find_model("swapper", list(SWAPPER_FILES), pack="buffalo_l", models_dir=models_dir, override=None))
+    except ModelError:
+        pass
+    out["searched"] = [str(d) for d in search_dirs("<pack>", models_dir)]
+    return out
+
+
+def collect(models_dir: str | None = None) -> dict[str, Any]:
     """Everything ``doctor`` reports, as data."""
     formats = av.formats_available
     return {
@@ -58,6 +88,7 @@ def collect() -> dict[str, Any]:
         "hardware_encoders": {c: hardware_encoder_opens(c) for c in HARDWARE_ENCODERS},
         "hardware_decoders": {c: c in av.codecs_available for c in HARDWARE_DECODERS},
         "demuxers": {d: d in formats for d in DEMUXERS},
+        "models": models_found(models_dir),
     }
 
 
@@ -85,6 +116,14 @@ def render(report: dict[str, Any]) -> str:
     )
     lines.append("HW decoders   " + "  ".join(f"{c}:{yes(v)}" for c, v in report["hardware_decoders"].items()))
     lines.append("inputs        " + "  ".join(f"{d.split(',')[-1]}:{yes(v)}" for d, v in report["demuxers"].items()))
-    for section in report.get("extra", []):
-        lines.extend(section)
+    models = report["models"]
+    builtin_ok = all(models["builtin"].values())
+    lines.append(f"builtin pack  {'ready' if builtin_ok else 'incomplete'}  (dlib, face-recognition-models)")
+    for pack, files in models["insightface"].items():
+        have = [f for f, p in files.items() if p]
+        status = "complete" if len(have) == len(files) else (f"{len(have)}/{len(files)} files" if have else "not found")
+        where = {str(Path(p).parent) for p in files.values() if p}
+        lines.append(f"{pack:<13} {status}" + (f"  in {', '.join(sorted(where))}" if where else ""))
+    lines.append(f"swapper       {models['swapper'] or 'not found (inswapper_128.onnx)'}")
+    lines.append("model folders " + ", ".join(models["searched"]))
     return "\n".join(lines)

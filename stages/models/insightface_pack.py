@@ -7,14 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 
 from ..ops.align import crop_transform, estimate_norm, invert_affine, transform_points, warp_faces
 from ..ops.detection import anchor_centers, nms, select_largest_central
+from ..ops.image import letterbox
 from .engines import create_engine
 from .packs import load_checked
 
@@ -109,7 +108,7 @@ class ScrfdDetector:
         """``(H, W, 3)`` uint8 RGB frames -> their detections, in frame pixels."""
         if not images:
             return []
-        blob, scales = self._letterbox(images)
+        blob, scales = letterbox(images, self.input_size)
         outputs = self.engine(blob)
         b = len(images)
         n = len(self.strides)
@@ -126,25 +125,6 @@ class ScrfdDetector:
                 kps /= scales[i]
             results.append(self._finish(scores, boxes, kps, images[i].shape[:2]))
         return results
-
-    def _letterbox(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
-        w_in, h_in = self.input_size
-        blob = torch.zeros((len(images), 3, h_in, w_in), dtype=torch.float32, device=self.device)
-        scales = []
-        for i, img in enumerate(images):
-            h, w = img.shape[:2]
-            if h / w > h_in / w_in:
-                nh, nw = h_in, int(h_in / (h / w))
-            else:
-                nw, nh = w_in, int(w_in * (h / w))
-            scales.append(nh / h)
-            if img.device.type == "cpu":
-                resized = torch.from_numpy(cv2.resize(img.numpy(), (nw, nh)))  # insightface's resize
-                blob[i, :, :nh, :nw] = resized.permute(2, 0, 1).float()
-            else:
-                x = img.permute(2, 0, 1)[None].float()
-                blob[i, :, :nh, :nw] = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)[0].round()
-        return (blob - 127.5) / 128.0, scales
 
     def _decode(self, outs: list[torch.Tensor], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         w, h = self.input_size

@@ -1,4 +1,4 @@
-"""SCRFD output decoding, non-maximum suppression and face selection (insightface's arithmetic)."""
+"""SCRFD anchors, non-maximum suppression and face selection (insightface's arithmetic)."""
 
 from __future__ import annotations
 
@@ -16,42 +16,6 @@ def anchor_centers(height: int, width: int, stride: int, anchors: int) -> np.nda
         centers = np.repeat(centers, anchors, axis=0)
     centers.setflags(write=False)
     return centers
-
-
-def decode_scrfd(
-    outputs: list[np.ndarray],
-    *,
-    input_size: tuple[int, int],
-    threshold: float,
-    strides: tuple[int, ...],
-    anchors: int,
-    with_kps: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Decode one image's SCRFD outputs (scores per stride, then boxes, then keypoints).
-
-    Returns:
-        Scores ``(N,)``, boxes ``(N, 4)`` and keypoints ``(N, 5, 2)`` (or ``None``) of the anchors
-        scoring at least ``threshold``, in input pixels, ordered by stride as the model gives them.
-    """
-    w, h = input_size
-    n = len(strides)
-    scores_all, boxes_all, kps_all = [], [], []
-    for i, stride in enumerate(strides):
-        scores = outputs[i].reshape(-1)
-        centers = anchor_centers(h // stride, w // stride, stride, anchors)
-        keep = np.flatnonzero(scores >= threshold)
-        dist = outputs[i + n].reshape(-1, 4)[keep] * stride
-        c = centers[keep]
-        boxes = np.stack((c[:, 0] - dist[:, 0], c[:, 1] - dist[:, 1], c[:, 0] + dist[:, 2], c[:, 1] + dist[:, 3]), -1)
-        scores_all.append(scores[keep])
-        boxes_all.append(boxes)
-        if with_kps:
-            kd = outputs[i + 2 * n].reshape(-1, 10)[keep] * stride
-            kps_all.append((kd.reshape(-1, 5, 2) + c[:, None, :]))
-    scores = np.concatenate(scores_all).astype(np.float32)
-    boxes = np.concatenate(boxes_all).astype(np.float32)
-    kps = np.concatenate(kps_all).astype(np.float32) if with_kps else None
-    return scores, boxes, kps
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
