@@ -26,6 +26,9 @@ from stages.export import FacesJsonl
 from stages.landmarker import Landmarker
 from stages.models.factory import ModelConfig
 from stages.passthrough import PassThrough
+from stages.tracker import Tracker
+from stages.tracking.identity import IdentityCache
+from stages.tracking.selection import FaceSelector
 
 from . import __version__
 from .settings import Settings
@@ -53,9 +56,9 @@ def model_config(settings: Settings) -> ModelConfig:
     )
 
 
-def analysis_stages(settings: Settings, *, landmarks: bool, embeddings: bool) -> list[Stage]:
-    """Detector, then the landmarker and embedder where they are wanted."""
-    d, flow = settings.detector, settings.flow
+def analysis_stages(settings: Settings, *, landmarks: bool, identity: str | None) -> list[Stage]:
+    """Detector, tracker, and the landmarker and embedder where they are wanted."""
+    d, flow, sel, ids, tr = settings.detector, settings.flow, settings.select, settings.identity, settings.tracker
     models = model_config(settings)
     batch = {"batch_size": flow.batch_size, "max_wait_ms": flow.max_wait_ms}
     stages: list[Stage] = [
@@ -68,14 +71,44 @@ def analysis_stages(settings: Settings, *, landmarks: bool, embeddings: bool) ->
             ),
         )
     ]
+    tracking = tr.enabled == "on" or (tr.enabled == "auto")
+    selector = _configured(
+        "select",
+        lambda: FaceSelector(mode=sel.mode, order=sel.order, min_size=sel.min_size, identity=identity),
+    )
+    cache = None
+    tracker = None
+    if tracking:
+        cache = _configured(
+            "identity",
+            lambda: IdentityCache(refresh_frames=ids.refresh_frames, better_view=ids.better_view,
+                                  switch_votes=ids.switch_votes, gallery_size=64 if ids.reid else 0),
+        )
+        tracker = _configured(
+            "tracker",
+            lambda: Tracker(track_thresh=tr.track_thresh, low_thresh=tr.low_thresh, new_track_thresh=tr.new_track_thresh,
+                            match_thresh=tr.match_thresh, buffer_s=tr.buffer_s, min_hits=tr.min_hits,
+                            coast_frames=tr.coast_frames, smooth=tr.smooth, min_cutoff=tr.min_cutoff, beta=tr.beta,
+                            selector=selector, cache=cache, every=d.every, reid_s=ids.reid_s,
+                            rechoose_s=sel.rechoose_s),
+        )
+        stages.append(tracker)
+    elif sel.mode != "all" or d.every > 1:
+        raise ConfigError("face selection other than 'all', and detector.every > 1, need the tracker", key="tracker.enabled")
     kind = settings.landmarker.model
     if kind == "auto":
         kind = "2d106" if landmarks else "none"
     if kind != "none" and models.pack == "insightface":
-        stages.append(Landmarker(models=models, kind=kind, **batch))
-    want_embed = {"always": True, "never": False}.get(settings.embedder.enabled, embeddings)
+        stages.append(Landmarker(models=models, kind=kind, smoother=tracker.smooth_landmarks if tracker else None, **batch))
+    needs_embeddings = selector.by_embedding or (sel.mode == "one" and ids.reid)
+    want_embed = {"always": True, "never": False}.get(settings.embedder.enabled, needs_embeddings)
+    if needs_embeddings and not want_embed:
+        raise ConfigError(f"select.mode {sel.mode} needs embeddings", key="embedder.enabled")
     if want_embed:
-        stages.append(Embedder(models=models, **batch))
+        references = {Path(p).stem: [p] for p in sel.references}
+        stages.append(_configured("select", lambda: Embedder(
+            models=models, cache=cache, references=references if selector.by_embedding else None,
+            identity=identity, threshold=ids.threshold, eligible=selector.big_enough, **batch)))
     return stages
 
 
@@ -107,9 +140,9 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
     )
     middle: list[Stage]
     if settings.mode == "analyze":
-        middle = analysis_stages(settings, landmarks=True, embeddings=False)
+        middle = analysis_stages(settings, landmarks=True, identity=None)
     elif faces_jsonl:
-        middle = analysis_stages(settings, landmarks=False, embeddings=False)
+        middle = analysis_stages(settings, landmarks=False, identity=None)
     else:
         middle = [PassThrough(batch_size=1)]
     if faces_jsonl:

@@ -100,12 +100,14 @@ def render_scene(
         t = i / fps
         y0 = int(round((bg.shape[0] - h) * (t / max(seconds, 1e-9))))
         frame = bg[y0 : y0 + h].copy()
-        on_stage = []
+        on_stage: list[tuple[str, np.ndarray]] = []
         for sprite in sprites:
             place = sprite.path(t)
             if place is None:
                 continue
-            box = _paste(frame, sprite, *place)
+            box, cover = _paste(frame, sprite, *place)
+            # A face mostly covered by this sprite is no longer in view.
+            on_stage = [(n, b) for n, b in on_stage if _covered(cover, b) < 0.5]
             if box is not None:
                 on_stage.append((sprite.name, box))
         truth.frames.append(on_stage)
@@ -141,8 +143,19 @@ def _cover(image: np.ndarray, w: int, h: int) -> np.ndarray:
     return resized[y : y + h, x : x + w]
 
 
-def _paste(frame: np.ndarray, sprite: Sprite, cx: float, cy: float, scale: float) -> np.ndarray | None:
-    """Composite a sprite with a soft elliptical edge; returns its face box in the frame, if visible."""
+def _covered(mask: np.ndarray | None, box: np.ndarray) -> float:
+    """Share of ``box`` under ``mask``."""
+    if mask is None:
+        return 0.0
+    x1, y1 = max(int(box[0]), 0), max(int(box[1]), 0)
+    x2, y2 = min(int(np.ceil(box[2])), mask.shape[1]), min(int(np.ceil(box[3])), mask.shape[0])
+    area = max(1.0, float((box[2] - box[0]) * (box[3] - box[1])))
+    return float(mask[y1:y2, x1:x2].sum()) / area if x2 > x1 and y2 > y1 else 0.0
+
+
+def _paste(frame: np.ndarray, sprite: Sprite, cx: float, cy: float, scale: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Composite a sprite with a soft elliptical edge; returns its face box in the frame (if visible)
+    and the mask of the pixels it covers."""
     img = sprite.image
     sw, sh = max(2, int(round(img.shape[1] * scale))), max(2, int(round(img.shape[0] * scale)))
     patch = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
@@ -153,20 +166,22 @@ def _paste(frame: np.ndarray, sprite: Sprite, cx: float, cy: float, scale: float
     fx0, fy0 = max(x0, 0), max(y0, 0)
     fx1, fy1 = min(x0 + sw, frame.shape[1]), min(y0 + sh, frame.shape[0])
     if fx1 <= fx0 or fy1 <= fy0:
-        return None
+        return None, None
     px0, py0 = fx0 - x0, fy0 - y0
     region = frame[fy0:fy1, fx0:fx1].astype(np.float32)
     a = alpha[py0 : py0 + fy1 - fy0, px0 : px0 + fx1 - fx0]
     src = patch[py0 : py0 + fy1 - fy0, px0 : px0 + fx1 - fx0].astype(np.float32)
     frame[fy0:fy1, fx0:fx1] = (a * src + (1 - a) * region).astype(np.uint8)
+    cover = np.zeros(frame.shape[:2], bool)
+    cover[fy0:fy1, fx0:fx1] = a[..., 0] > 0.5
     if sprite.face is None:
-        return None
+        return None, cover
     fx1_, fy1_, fx2_, fy2_ = sprite.face
     box = np.array([x0 + fx1_ * scale, y0 + fy1_ * scale, x0 + fx2_ * scale, y0 + fy2_ * scale], np.float32)
     visible = (min(box[2], frame.shape[1]) - max(box[0], 0)) * (min(box[3], frame.shape[0]) - max(box[1], 0))
     if visible < 0.6 * (box[2] - box[0]) * (box[3] - box[1]):
-        return None  # mostly off screen: not a face anyone could be expected to find
-    return box
+        return None, cover  # mostly off screen: not a face anyone could be expected to find
+    return box, cover
 
 
 # Face boxes in the packaged photos, measured once with dlib's HOG detector (upsampled once), so
@@ -197,3 +212,57 @@ def demo_scene(path: str | Path, *, size: tuple[int, int] = (640, 360), fps: int
         path, background=group, sprites=[Sprite("astronaut", astronaut, across, face)], size=size, fps=fps,
         seconds=seconds, pan=0.15,
     )
+
+
+def _face_sprite(name: str, photo: np.ndarray, face: tuple[float, float, float, float], margin: float = 0.45) -> Sprite:
+    """A crop around one face of a photo, with the face box in crop coordinates."""
+    x1, y1, x2, y2 = face
+    pad = margin * (x2 - x1)
+    cx1, cy1 = int(max(0, x1 - pad)), int(max(0, y1 - pad))
+    cx2, cy2 = int(min(photo.shape[1], x2 + pad)), int(min(photo.shape[0], y2 + pad))
+    return Sprite(name, photo[cy1:cy2, cx1:cx2].copy(), lambda t: None, (x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1))
+
+
+def people_scene(path: str | Path, *, size: tuple[int, int] = (640, 360), fps: int = 25, seconds: float = 6.0,
+                 face_px: float = 90.0) -> SceneTruth:
+    """Real faces that move, cross, leave and come back, over a blurred background (no faces in it).
+
+    - ``astronaut`` crosses from left to right;
+    - ``chandler`` (a face of the group photo) crosses from right to left, passing in front of her;
+    - ``rachel`` (another) drifts, leaves at the bottom at 55 % of the clip and comes back at 75 %.
+    """
+    w, h = size
+    group = load_photo("group")
+    background = cv2.GaussianBlur(group, (0, 0), 25)
+    sprites = {
+        "astronaut": _face_sprite("astronaut", load_photo("astronaut"), ASTRONAUT_FACE),
+        "chandler": _face_sprite("chandler", group, GROUP_FACES[2]),
+        "rachel": _face_sprite("rachel", group, GROUP_FACES[0]),
+    }
+    scale = {k: face_px / (s.face[2] - s.face[0]) for k, s in sprites.items()}  # type: ignore[index]
+
+    def astronaut(t: float) -> tuple[float, float, float]:
+        u = t / seconds
+        return (0.1 * w + 0.8 * w * u, 0.36 * h, scale["astronaut"])
+
+    def chandler(t: float) -> tuple[float, float, float]:
+        u = t / seconds
+        return (0.9 * w - 0.8 * w * u, 0.52 * h, scale["chandler"])
+
+    def rachel(t: float) -> tuple[float, float, float] | None:
+        u = t / seconds
+        if u < 0.45:
+            return (0.82 * w, 0.3 * h, scale["rachel"])
+        if u < 0.55:  # walks out at the bottom
+            return (0.82 * w, 0.3 * h + (u - 0.45) / 0.1 * 0.9 * h, scale["rachel"])
+        if u < 0.75:
+            return None
+        if u < 0.85:  # and back
+            return (0.2 * w, 1.2 * h - (u - 0.75) / 0.1 * 0.9 * h, scale["rachel"])
+        return (0.2 * w, 0.3 * h, scale["rachel"])
+
+    paths = {"astronaut": astronaut, "chandler": chandler, "rachel": rachel}
+    placed = [Sprite(n, s.image, paths[n], s.face) for n, s in sprites.items()]
+    # Drawn in order: chandler after astronaut, so he passes in front of her.
+    placed.sort(key=lambda s: ["rachel", "astronaut", "chandler"].index(s.name))
+    return render_scene(path, background=background, sprites=placed, size=size, fps=fps, seconds=seconds)

@@ -179,6 +179,77 @@ class EmbedderSettings:
 
 
 @dataclass
+class TrackerSettings:
+    """ByteTrack association, coasting through missed detections, landmark smoothing."""
+
+    enabled: Literal["auto", "on", "off"] = "auto"
+    """``auto``: on wherever faces are analysed."""
+    track_thresh: float = 0.5
+    low_thresh: float = 0.1
+    new_track_thresh: float = 0.6
+    match_thresh: float = 0.8
+    buffer_s: float = 1.0
+    """How long a lost track waits to be picked up again."""
+    min_hits: int = 2
+    coast_frames: int = 3
+    """Frames a face stays (from its predicted box) after a missed detection."""
+    smooth: bool = True
+    min_cutoff: float = 1.0
+    """One Euro filter: jitter cutoff at rest (Hz); lower is steadier."""
+    beta: float = 0.05
+    """One Euro filter: how fast the cutoff rises with speed; higher lags less."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "buffer_s", "min_hits", "min_cutoff")
+        if self.coast_frames < 0 or self.beta < 0:
+            raise FieldError("coast_frames", "coast_frames and beta must be >= 0")
+
+
+@dataclass
+class IdentitySettings:
+    """Per-track identity: when to embed, how decisions hold, re-identification."""
+
+    refresh_frames: int = 15
+    """Re-embed a track at least this often."""
+    better_view: float = 1.25
+    """Re-embed when a view is this much better than the track's best."""
+    switch_votes: int = 3
+    """Consecutive updates that must agree before a decision changes."""
+    reid: bool = True
+    reid_s: float = 30.0
+    """How long a lost person's decision is remembered."""
+    threshold: float | None = None
+    """Cosine similarity for "same person" (default: 0.94 builtin, 0.4 insightface)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "refresh_frames", "switch_votes")
+        if self.better_view < 1:
+            raise FieldError("better_view", "better_view must be >= 1")
+        if self.reid_s < 0:
+            raise FieldError("reid_s", "reid_s must be >= 0")
+
+
+@dataclass
+class SelectSettings:
+    """Which faces are acted on."""
+
+    mode: Literal["all", "one", "reference", "map"] = "all"
+    order: Literal["large-small", "small-large", "left-right", "right-left", "top-bottom", "bottom-top",
+                   "best-worst", "central"] = "large-small"
+    """Which face ``one`` picks."""
+    min_size: float = 0.0
+    """Faces smaller than this (pixels, shorter side) are left alone."""
+    references: list[str] = field(default_factory=list)
+    """``reference``: images of the people to act on."""
+    rechoose_s: float = 2.0
+    """``one``: how long to wait for the chosen person to return before choosing someone else."""
+
+    def __post_init__(self) -> None:
+        if self.min_size < 0 or self.rechoose_s < 0:
+            raise FieldError("min_size", "min_size and rechoose_s must be >= 0")
+
+
+@dataclass
 class Settings:
     """A whole preset."""
 
@@ -196,8 +267,13 @@ class Settings:
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     landmarker: LandmarkerSettings = field(default_factory=LandmarkerSettings)
     embedder: EmbedderSettings = field(default_factory=EmbedderSettings)
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    select: SelectSettings = field(default_factory=SelectSettings)
 
     def __post_init__(self) -> None:
+        if self.select.mode == "reference" and not self.select.references:
+            raise FieldError("select", "select.mode reference needs select.references (images of the people)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise FieldError("device", "device must be auto, cpu, cuda or cuda:N")
         _positive(self, "threads")

@@ -26,6 +26,8 @@ class Face:
             ``None`` to leave it alone.
         quality: How good a view this is for identity (higher is better), set by the embedder.
         predicted: True where the box came from the tracker's motion model, not the detector.
+        needs_embedding: The tracker's word on whether this face must be embedded now (``None``
+            without a tracker: embed it).
 
     Example:
         >>> f = Face(box=np.array([10, 20, 110, 140], np.float32), score=0.9)
@@ -42,6 +44,7 @@ class Face:
     identity: str | None = None
     quality: float = 0.0
     predicted: bool = False
+    needs_embedding: bool | None = None
 
     def __post_init__(self) -> None:
         self.box = np.asarray(self.box, dtype=np.float32).reshape(4)

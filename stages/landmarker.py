@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,17 +19,20 @@ class Landmarker(Transform):
     Args:
         models: Which pack and how its models run.
         kind: ``2d106`` or ``3d68`` (insightface pack); the builtin pack gives dlib's 68 points.
+        smoother: ``smoother(track_id, points, time)``: the tracker's per-track landmark smoothing.
         batch_size, max_wait_ms: Frames per batch and longest wait for a batch to fill.
     """
 
     name = "landmarker"
 
-    def __init__(self, *, models: ModelConfig, kind: LandmarkKind = "2d106", batch_size: int = 1,
+    def __init__(self, *, models: ModelConfig, kind: LandmarkKind = "2d106",
+                 smoother: Callable[[int, np.ndarray, float], np.ndarray] | None = None, batch_size: int = 1,
                  max_wait_ms: float = 0.0) -> None:
         if kind not in ("2d106", "3d68", "68"):
             raise ValueError(f"kind must be 2d106 or 3d68, got {kind!r}")
         self.models = models
         self.kind = kind
+        self.smoother = smoother
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
         self._backend: LandmarkBackend | None = None
@@ -43,7 +47,9 @@ class Landmarker(Transform):
         if todo:
             boxes = np.stack([face.box for _, face in todo])
             points = self._backend.predict([f.image for f in frames], [fi for fi, _ in todo], boxes)
-            for (_, face), p in zip(todo, points):
+            for (fi, face), p in zip(todo, points):
+                if self.smoother is not None and face.track_id is not None:
+                    p = self.smoother(face.track_id, p, frames[fi].time)
                 face.landmarks = p
             self.faces_done += len(todo)
         return frames

@@ -1,0 +1,223 @@
+"""The tracker stage: persistent track ids, faces on every frame, steady landmarks, per-track identity."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.frame import Frame
+from pipeline.stage import RunContext, Transform
+
+from .face import Face
+from .tracking.bytetrack import ByteTracker, Track, TrackState, box_iou
+from .tracking.identity import IdentityCache
+from .tracking.selection import FaceSelector
+from .tracking.smoothing import OneEuroFilter
+
+
+def face_quality(face: Face) -> float:
+    """How good a view this is for identity: confidence x size (up to 112 px) x frontality."""
+    size = min(face.width, face.height)
+    q = float(face.score) * min(1.0, max(size, 0.0) / 112.0)
+    if face.kps is not None:
+        left, right, nose = face.kps[0], face.kps[1], face.kps[2]
+        half = max(float(np.linalg.norm(right - left)) / 2, 1e-3)
+        off = abs(float(nose[0] - (left[0] + right[0]) / 2)) / half
+        q *= 0.5 + 0.5 * max(0.0, 1.0 - off)
+    return q
+
+
+@dataclass
+class _Memory:
+    """The last observed geometry of a track (for predicted frames) and its smoothers."""
+
+    box: np.ndarray
+    kps: np.ndarray | None
+    landmarks: np.ndarray | None
+    kps_filter: OneEuroFilter | None
+    landmark_filter: OneEuroFilter | None
+
+
+def _move(points: np.ndarray | None, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """Carry points from box ``src`` to box ``dst`` (scale about the centres, then shift)."""
+    if points is None:
+        return None
+    sw, sh = max(src[2] - src[0], 1e-3), max(src[3] - src[1], 1e-3)
+    scale = np.array([(dst[2] - dst[0]) / sw, (dst[3] - dst[1]) / sh], np.float32)
+    c_src = np.array([(src[0] + src[2]) / 2, (src[1] + src[3]) / 2], np.float32)
+    c_dst = np.array([(dst[0] + dst[2]) / 2, (dst[1] + dst[3]) / 2], np.float32)
+    return ((points - c_src) * scale + c_dst).astype(np.float32)
+
+
+class Tracker(Transform):
+    """ByteTrack on the detector's boxes, one independent tracker per stream.
+
+    For every frame it gives each face its track id, and makes sure later stages see every tracked
+    face on every frame: on frames the detector skipped (``detector.every``) and for up to
+    ``coast_frames`` frames after a missed detection, faces come from the motion model
+    (``predicted=True``), their keypoints carried along from the last observation. Keypoints and
+    landmarks are smoothed per track (One Euro filter) to remove jitter. It owns the identity cache,
+    tells the embedder which faces to embed, and applies the geometric face selection.
+
+    Args:
+        track_thresh, low_thresh, new_track_thresh, match_thresh: ByteTrack's thresholds.
+        buffer_s: How long a lost track is kept for the tracker to pick up again.
+        min_hits: Detector runs before a new track is confirmed.
+        coast_frames: Frames a just-lost track keeps being emitted from its prediction.
+        smooth: Smooth keypoints and landmarks per track.
+        min_cutoff, beta: The One Euro filter's jitter cutoff (Hz) and speed coefficient.
+        selector: Geometric face selection (``all``, ``one``).
+        cache: The identity cache (created here if not given).
+        every: The detector's ``every`` (detector runs per frame set the tracker's clock).
+        reid_s: How long an ended track's identity is remembered (sets the cache's frame count
+            once the stream's frame rate is known; ``None`` keeps the cache's own).
+        rechoose_s: ``one`` selection: how long to wait for the chosen person (likewise).
+    """
+
+    name = "tracker"
+
+    def __init__(
+        self,
+        *,
+        track_thresh: float = 0.5,
+        low_thresh: float = 0.1,
+        new_track_thresh: float = 0.6,
+        match_thresh: float = 0.8,
+        buffer_s: float = 1.0,
+        min_hits: int = 2,
+        coast_frames: int = 3,
+        smooth: bool = True,
+        min_cutoff: float = 1.0,
+        beta: float = 0.05,
+        selector: FaceSelector | None = None,
+        cache: IdentityCache | None = None,
+        every: int = 1,
+        reid_s: float | None = None,
+        rechoose_s: float | None = None,
+    ) -> None:
+        if buffer_s <= 0 or coast_frames < 0 or every < 1:
+            raise ValueError("buffer_s must be > 0, coast_frames >= 0 and every >= 1")
+        self._params = dict(track_thresh=track_thresh, low_thresh=low_thresh, new_track_thresh=new_track_thresh,
+                            match_thresh=match_thresh, min_hits=min_hits)
+        ByteTracker(**self._params)  # validate now, with clear errors
+        if min_cutoff <= 0 or beta < 0:
+            raise ValueError("min_cutoff must be > 0 and beta >= 0")
+        self.buffer_s = buffer_s
+        self.coast_frames = coast_frames
+        self.smooth = smooth
+        self.min_cutoff = min_cutoff
+        self.beta = beta
+        self.selector = selector or FaceSelector(mode="all", identity=None)
+        if self.selector.by_embedding and cache is None:
+            raise ValueError("selection by reference needs the embedder's identity cache")
+        self.cache = cache if cache is not None else IdentityCache()
+        self.every = every
+        self.reid_s = reid_s
+        self.rechoose_s = rechoose_s
+        self._tracker: ByteTracker | None = None
+        self._memory: dict[int, _Memory] = {}
+        self._landmark_filters: dict[int, OneEuroFilter] = {}
+        self._lock = threading.Lock()
+        self.tracks_started = 0
+        self.predicted_faces = 0
+
+    def open(self, ctx: RunContext) -> None:
+        fps = float(ctx.source.frame_rate) if ctx.source and ctx.source.frame_rate else 30.0
+        if self.reid_s is not None:
+            self.cache.reid_frames = round(self.reid_s * fps)
+        if self.rechoose_s is not None:
+            self.selector.rechoose_frames = round(self.rechoose_s * fps)
+        self._tracker = ByteTracker(**self._params, frame_rate=fps / self.every, track_buffer=max(1, round(30 * self.buffer_s)))
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            self._track(frame)
+        return frames
+
+    def _track(self, frame: Frame) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        before = {t.id for t in tracker.tracks}
+        if frame.meta.get("detected", True):
+            faces = frame.faces
+            boxes = np.stack([f.box for f in faces]) if faces else np.zeros((0, 4), np.float32)
+            scores = np.array([f.score for f in faces], np.float32)
+            result = tracker.update(boxes, scores)
+            for face, tid in zip(faces, result.ids.tolist()):
+                face.track_id = tid if tid >= 0 else None
+            matched = {f.track_id for f in faces if f.track_id is not None}
+            coasting = [t for t in tracker.tracks if t.state == TrackState.LOST and t.id not in matched
+                        and t.time_since_update <= self.coast_frames]
+            frame.faces = [f for f in faces if f.track_id is not None or f.score >= self._params["new_track_thresh"]]
+            # A lost track whose predicted box lies on a face in view is hidden behind it: nothing of
+            # it is visible, and emitting it would paint it onto the face in front.
+            seen = np.stack([f.box for f in frame.faces]) if frame.faces else np.zeros((0, 4), np.float32)
+            frame.faces += [self._predicted(t) for t in coasting
+                            if not len(seen) or box_iou(np.asarray(t.box, np.float32)[None], seen).max() < 0.3]
+        else:
+            result = tracker.predict(1)
+            frame.faces = [self._predicted(t) for t in result.tracks if t.id in self._memory]
+        alive = {t.id for t in tracker.tracks}
+        ended = before - alive
+        if ended:
+            self.cache.end(ended, frame.index)
+            with self._lock:
+                for tid in ended:
+                    self._memory.pop(tid, None)
+                    self._landmark_filters.pop(tid, None)
+        for face in frame.faces:
+            if face.track_id is None:
+                face.needs_embedding = False
+                continue
+            if not face.predicted:
+                self._remember(face, frame.time)
+            face.quality = face_quality(face)
+            face.needs_embedding = (not face.predicted) and self.cache.needs_embedding(
+                face.track_id, frame.index, face.quality
+            )
+        self.selector.apply(frame.faces, (frame.width, frame.height), self.cache, frame.index)
+
+    def _remember(self, face: Face, t: float) -> None:
+        tid = face.track_id
+        assert tid is not None
+        mem = self._memory.get(tid)
+        if mem is None:
+            self.tracks_started += 1
+            mem = self._memory[tid] = _Memory(face.box.copy(), None, None, None, None)
+        if self.smooth:
+            if face.kps is not None:
+                if mem.kps_filter is None:
+                    mem.kps_filter = OneEuroFilter(min_cutoff=self.min_cutoff, beta=self.beta)
+                face.kps = mem.kps_filter(face.kps, t).astype(np.float32)
+            if face.landmarks is not None:
+                if mem.landmark_filter is None or (mem.landmarks is not None and mem.landmarks.shape != face.landmarks.shape):
+                    mem.landmark_filter = OneEuroFilter(min_cutoff=self.min_cutoff, beta=self.beta)
+                face.landmarks = mem.landmark_filter(face.landmarks, t).astype(np.float32)
+        mem.box = face.box.copy()
+        mem.kps = None if face.kps is None else face.kps.copy()
+        mem.landmarks = None if face.landmarks is None else face.landmarks.copy()
+
+    def smooth_landmarks(self, track_id: int, points: np.ndarray, t: float) -> np.ndarray:
+        """Smooth one track's dense landmarks computed by a later stage (thread-safe)."""
+        if not self.smooth:
+            return points
+        with self._lock:
+            f = self._landmark_filters.get(track_id)
+            if f is None:
+                f = self._landmark_filters[track_id] = OneEuroFilter(min_cutoff=self.min_cutoff, beta=self.beta)
+            return f(points, t).astype(np.float32)
+
+    def _predicted(self, track: Track) -> Face:
+        self.predicted_faces += 1
+        mem = self._memory.get(track.id)
+        box = np.asarray(track.box, np.float32)
+        kps = _move(mem.kps, mem.box, box) if mem else None
+        landmarks = _move(mem.landmarks, mem.box, box) if mem else None
+        return Face(box=box, score=float(track.score), kps=kps, landmarks=landmarks, track_id=track.id, predicted=True)
+
+    def report(self) -> dict[str, Any]:
+        return {"tracks": self.tracks_started, "predicted_faces": self.predicted_faces,
+                "reidentified": self.cache.reidentified, "selection": self.selector.mode}
