@@ -379,28 +379,6 @@ def test_ids_are_consecutive_from_one() -> None:
     assert ids == list(range(1, len(ids) + 1))
 
 
-def test_roboflow_tracker_shared_id_counter() -> None:
-    """Document why we have our own tracker: Roboflow's counter used to be shared.
-
-    ``trackers.ByteTrackTracker`` used to keep its id counter on the class, so interleaved
-    instances took ids from each other and ``reset()`` on one restarted the ids of all. Skipped
-    where the installed version keeps the counter per instance (``trackers`` 2.6.1 does:
-    ``BaseTracker._next_track_id`` is set on the instance).
-    """
-    pytest.importorskip("trackers")
-    first, second = synthetic.crossing(0), synthetic.simple(0)
-    alone = synthetic.run_roboflow(first).det_ids
-    a, b = synthetic.roboflow_tracker(), synthetic.roboflow_tracker()
-    a_ids = []
-    for k, (frame_a, frame_b) in enumerate(zip(first.frames, second.frames, strict=False)):
-        a_ids.append(synthetic.roboflow_update(a, frame_a))
-        synthetic.roboflow_update(b, frame_b)
-        if k == 40:
-            b.reset()
-    if all(np.array_equal(x, y) for x, y in zip(a_ids, alone, strict=False)):
-        pytest.skip("this trackers version allocates ids per instance: the shared counter is gone")
-    assert any(not np.array_equal(x, y) for x, y in zip(a_ids, alone, strict=False))
-
 
 # --- ByteTracker on the synthetic scenarios -------------------------------------------------------
 
