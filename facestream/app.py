@@ -140,7 +140,7 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
     )
     middle: list[Stage]
     if settings.mode == "analyze":
-        middle = analysis_stages(settings, landmarks=True, identity=None)
+        middle = analysis_stages(settings, landmarks=True, identity="selected" if settings.select.mode == "one" else None)
     elif faces_jsonl:
         middle = analysis_stages(settings, landmarks=False, identity=None)
     else:

@@ -229,7 +229,8 @@ def people_scene(path: str | Path, *, size: tuple[int, int] = (640, 360), fps: i
 
     - ``astronaut`` crosses from left to right;
     - ``chandler`` (a face of the group photo) crosses from right to left, passing in front of her;
-    - ``rachel`` (another) drifts, leaves at the bottom at 55 % of the clip and comes back at 75 %.
+    - ``rachel`` (another) leaves at the bottom at 55 % of the clip and comes back at 75 %, in the
+      middle, slowing down as she arrives.
     """
     w, h = size
     group = load_photo("group")
@@ -257,9 +258,10 @@ def people_scene(path: str | Path, *, size: tuple[int, int] = (640, 360), fps: i
             return (0.82 * w, 0.3 * h + (u - 0.45) / 0.1 * 0.9 * h, scale["rachel"])
         if u < 0.75:
             return None
-        if u < 0.85:  # and back
-            return (0.2 * w, 1.2 * h - (u - 0.75) / 0.1 * 0.9 * h, scale["rachel"])
-        return (0.2 * w, 0.3 * h, scale["rachel"])
+        if u < 0.9:  # and back, easing to a stop
+            k = (u - 0.75) / 0.15
+            return (0.5 * w, 1.2 * h - (1 - (1 - k) ** 2) * 0.9 * h, scale["rachel"])
+        return (0.5 * w, 0.3 * h, scale["rachel"])
 
     paths = {"astronaut": astronaut, "chandler": chandler, "rachel": rachel}
     placed = [Sprite(n, s.image, paths[n], s.face) for n, s in sprites.items()]

@@ -34,7 +34,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 def embed_people(models: ModelConfig, device: torch.device, people: dict[str, list[str]],
                  recognizer: RecognizerBackend | None = None) -> dict[str, np.ndarray]:
-    """One unit embedding per person: the mean over the largest face of each of their images.
+    """One unit embedding per person: the mean over the main face (large and confident) of each of
+    their images.
 
     Raises:
         InputError: an image cannot be read or shows no face.
@@ -49,7 +50,9 @@ def embed_people(models: ModelConfig, device: torch.device, people: dict[str, li
             det = detector.detect([image])[0]
             if not len(det.boxes):
                 raise InputError(f"no face found in {path}")
-            i = int(np.argmax((det.boxes[:, 2] - det.boxes[:, 0]) * (det.boxes[:, 3] - det.boxes[:, 1])))
+            # The main face: large and confident (a badge or a poster can be as large as a face).
+            area = (det.boxes[:, 2] - det.boxes[:, 0]) * (det.boxes[:, 3] - det.boxes[:, 1])
+            i = int(np.argmax(area * det.scores**2))
             face = Face(box=det.boxes[i], score=float(det.scores[i]), kps=det.kps[i] if det.kps is not None else None,
                         landmarks=det.landmarks[i] if det.landmarks is not None else None)
             vectors.append(recognizer.embed([image], [0], [face])[0])
