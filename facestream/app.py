@@ -52,6 +52,7 @@ def model_config(settings: Settings) -> ModelConfig:
             pack=m.pack, name=m.name, dir=m.dir,
             files={"detector": m.detector, "landmarker": m.landmarker, "recognizer": m.recognizer, "swapper": m.swapper},
             engine=m.engine, dtype=m.dtype, providers=tuple(m.providers) if m.providers else None, threads=m.threads,
+            spin=m.spin,
         ),
     )
 

@@ -128,6 +128,8 @@ class ModelSettings:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     providers: list[str] | None = None
     threads: int | None = None
+    spin: bool = False
+    """onnxruntime: let idle threads spin (faster for one model alone, slower beside other stages)."""
 
     def __post_init__(self) -> None:
         _positive(self, "threads")

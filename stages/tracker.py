@@ -12,33 +12,37 @@ from pipeline.frame import Frame
 from pipeline.stage import RunContext, Transform
 
 from .face import Face
-from .tracking.bytetrack import ByteTracker, Track, TrackState, box_iou
+from .tracking.bytetrack import ByteTracker, Track, box_iou
 from .tracking.identity import IdentityCache
 from .tracking.selection import FaceSelector
-from .tracking.smoothing import OneEuroFilter
+from .tracking.smoothing import OneEuroBank
 
 
 def face_quality(face: Face) -> float:
     """How good a view this is for identity: confidence x size (up to 112 px) x frontality."""
-    size = min(face.width, face.height)
-    q = float(face.score) * min(1.0, max(size, 0.0) / 112.0)
-    if face.kps is not None:
-        left, right, nose = face.kps[0], face.kps[1], face.kps[2]
-        half = max(float(np.linalg.norm(right - left)) / 2, 1e-3)
-        off = abs(float(nose[0] - (left[0] + right[0]) / 2)) / half
-        q *= 0.5 + 0.5 * max(0.0, 1.0 - off)
+    kps = None if face.kps is None else face.kps[None]
+    return float(qualities(face.box[None], np.array([face.score], np.float32), kps)[0])
+
+
+def qualities(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray | None) -> np.ndarray:
+    """:func:`face_quality` for ``(N, 4)`` boxes, ``(N,)`` scores and ``(N, 5, 2)`` keypoints."""
+    size = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    q = scores * np.clip(size / 112.0, 0.0, 1.0)
+    if kps is not None:
+        left, right, nose = kps[:, 0], kps[:, 1], kps[:, 2]
+        half = np.maximum(np.linalg.norm(right - left, axis=1) / 2, 1e-3)
+        off = np.abs(nose[:, 0] - (left[:, 0] + right[:, 0]) / 2) / half
+        q = q * (0.5 + 0.5 * np.clip(1.0 - off, 0.0, None))
     return q
 
 
 @dataclass
 class _Memory:
-    """The last observed geometry of a track (for predicted frames) and its smoothers."""
+    """The last observed geometry of a track, for its predicted frames."""
 
     box: np.ndarray
     kps: np.ndarray | None
     landmarks: np.ndarray | None
-    kps_filter: OneEuroFilter | None
-    landmark_filter: OneEuroFilter | None
 
 
 def _move(points: np.ndarray | None, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
@@ -119,7 +123,8 @@ class Tracker(Transform):
         self.rechoose_s = rechoose_s
         self._tracker: ByteTracker | None = None
         self._memory: dict[int, _Memory] = {}
-        self._landmark_filters: dict[int, OneEuroFilter] = {}
+        self._kps_bank = OneEuroBank(min_cutoff=min_cutoff, beta=beta)
+        self._landmark_bank = OneEuroBank(min_cutoff=min_cutoff, beta=beta)
         self._lock = threading.Lock()
         self.tracks_started = 0
         self.predicted_faces = 0
@@ -140,75 +145,83 @@ class Tracker(Transform):
     def _track(self, frame: Frame) -> None:
         tracker = self._tracker
         assert tracker is not None
-        before = {t.id for t in tracker.tracks}
+        before = tracker.ids
         if frame.meta.get("detected", True):
             faces = frame.faces
             boxes = np.stack([f.box for f in faces]) if faces else np.zeros((0, 4), np.float32)
             scores = np.array([f.score for f in faces], np.float32)
-            result = tracker.update(boxes, scores)
-            for face, tid in zip(faces, result.ids.tolist()):
+            ids = tracker.update(boxes, scores, snapshot=False).ids.tolist()
+            keep_untracked = self._params["new_track_thresh"]
+            kept = []
+            for face, tid in zip(faces, ids):
                 face.track_id = tid if tid >= 0 else None
-            matched = {f.track_id for f in faces if f.track_id is not None}
-            coasting = [t for t in tracker.tracks if t.state == TrackState.LOST and t.id not in matched
-                        and t.time_since_update <= self.coast_frames]
-            frame.faces = [f for f in faces if f.track_id is not None or f.score >= self._params["new_track_thresh"]]
-            # A lost track whose predicted box lies on a face in view is hidden behind it: nothing of
-            # it is visible, and emitting it would paint it onto the face in front.
-            seen = np.stack([f.box for f in frame.faces]) if frame.faces else np.zeros((0, 4), np.float32)
-            frame.faces += [self._predicted(t) for t in coasting
-                            if not len(seen) or box_iou(np.asarray(t.box, np.float32)[None], seen).max() < 0.3]
+                if tid >= 0 or face.score >= keep_untracked:
+                    kept.append(face)
+            matched = {tid for tid in ids if tid >= 0}
+            coasting = [t for t in tracker.lost(self.coast_frames) if t.id not in matched] if self.coast_frames else []
+            if coasting and kept:
+                # A lost track whose predicted box lies on a face in view is hidden behind it: nothing
+                # of it is visible, and emitting it would paint it onto the face in front.
+                overlap = box_iou(np.stack([np.asarray(t.box, np.float32) for t in coasting]),
+                                  np.stack([f.box for f in kept])).max(axis=1)
+                coasting = [t for t, o in zip(coasting, overlap) if o < 0.3]
+            frame.faces = kept + [self._predicted(t) for t in coasting]
         else:
             result = tracker.predict(1)
             frame.faces = [self._predicted(t) for t in result.tracks if t.id in self._memory]
-        alive = {t.id for t in tracker.tracks}
-        ended = before - alive
+        ended = before - tracker.ids
         if ended:
             self.cache.end(ended, frame.index)
             with self._lock:
                 for tid in ended:
                     self._memory.pop(tid, None)
-                    self._landmark_filters.pop(tid, None)
+                self._kps_bank.drop(ended)
+                self._landmark_bank.drop(ended)
+        observed = [f for f in frame.faces if f.track_id is not None and not f.predicted]
+        if observed:
+            self._observe(observed, frame.time)
         for face in frame.faces:
-            if face.track_id is None:
+            if face.track_id is None or face.predicted:
                 face.needs_embedding = False
-                continue
-            if not face.predicted:
-                self._remember(face, frame.time)
-            face.quality = face_quality(face)
-            face.needs_embedding = (not face.predicted) and self.cache.needs_embedding(
-                face.track_id, frame.index, face.quality
-            )
+            else:
+                face.needs_embedding = self.cache.needs_embedding(face.track_id, frame.index, face.quality)
         self.selector.apply(frame.faces, (frame.width, frame.height), self.cache, frame.index)
 
-    def _remember(self, face: Face, t: float) -> None:
-        tid = face.track_id
-        assert tid is not None
-        mem = self._memory.get(tid)
-        if mem is None:
-            self.tracks_started += 1
-            mem = self._memory[tid] = _Memory(face.box.copy(), None, None, None, None)
+    def _observe(self, faces: list[Face], t: float) -> None:
+        """Smooth the keypoints and landmarks of the faces the detector saw, score their quality, and
+        remember their geometry for the frames to come."""
+        keys = [f.track_id for f in faces]
+        with_kps = [i for i, f in enumerate(faces) if f.kps is not None]
         if self.smooth:
-            if face.kps is not None:
-                if mem.kps_filter is None:
-                    mem.kps_filter = OneEuroFilter(min_cutoff=self.min_cutoff, beta=self.beta)
-                face.kps = mem.kps_filter(face.kps, t).astype(np.float32)
-            if face.landmarks is not None:
-                if mem.landmark_filter is None or (mem.landmarks is not None and mem.landmarks.shape != face.landmarks.shape):
-                    mem.landmark_filter = OneEuroFilter(min_cutoff=self.min_cutoff, beta=self.beta)
-                face.landmarks = mem.landmark_filter(face.landmarks, t).astype(np.float32)
-        mem.box = face.box.copy()
-        mem.kps = None if face.kps is None else face.kps.copy()
-        mem.landmarks = None if face.landmarks is None else face.landmarks.copy()
+            if with_kps:
+                smoothed = self._kps_bank([keys[i] for i in with_kps], np.stack([faces[i].kps for i in with_kps]), t)
+                for i, k in zip(with_kps, smoothed.astype(np.float32)):
+                    faces[i].kps = k
+            dense = [i for i, f in enumerate(faces) if f.landmarks is not None]
+            if dense:
+                with self._lock:
+                    smoothed = self._landmark_bank([keys[i] for i in dense],
+                                                   np.stack([faces[i].landmarks for i in dense]), t)
+                for i, lm in zip(dense, smoothed.astype(np.float32)):
+                    faces[i].landmarks = lm
+        boxes = np.stack([f.box for f in faces])
+        scores = np.array([f.score for f in faces], np.float32)
+        if len(with_kps) == len(faces):
+            q = qualities(boxes, scores, np.stack([f.kps for f in faces]))
+        else:
+            q = np.array([face_quality(f) for f in faces])
+        for face, quality in zip(faces, q.tolist()):
+            face.quality = quality
+            if face.track_id not in self._memory:
+                self.tracks_started += 1
+            self._memory[face.track_id] = _Memory(face.box, face.kps, face.landmarks)  # type: ignore[index]
 
     def smooth_landmarks(self, track_id: int, points: np.ndarray, t: float) -> np.ndarray:
         """Smooth one track's dense landmarks computed by a later stage (thread-safe)."""
         if not self.smooth:
             return points
         with self._lock:
-            f = self._landmark_filters.get(track_id)
-            if f is None:
-                f = self._landmark_filters[track_id] = OneEuroFilter(min_cutoff=self.min_cutoff, beta=self.beta)
-            return f(points, t).astype(np.float32)
+            return self._landmark_bank([track_id], points[None], t)[0].astype(np.float32)
 
     def _predicted(self, track: Track) -> Face:
         self.predicted_faces += 1

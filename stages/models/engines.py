@@ -232,6 +232,7 @@ class OrtEngine(_Base):
         device: torch.device | str = "cpu",
         providers: list[str] | None = None,
         threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         """Create the session.
 
@@ -242,12 +243,16 @@ class OrtEngine(_Base):
             device: Recorded as ``device``; outputs go to the inputs' device.
             providers: Execution providers; :func:`default_providers` if omitted.
             threads: Intra-op threads; onnxruntime's default if omitted.
+            spin: Let idle worker threads spin waiting for work (onnxruntime's default). Off, they
+                sleep, which leaves the cores to other stages running beside this one.
         """
         super().__init__(model, source)
         self.device = torch.device(device)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             path if path is not None else model.SerializeToString(),
             sess_options=options,
@@ -324,6 +329,7 @@ def create_engine(
     providers: list[str] | None = None,
     threads: int | None = None,
     model: onnx.ModelProto | None = None,
+    spin: bool = True,
 ) -> TorchEngine | OrtEngine:
     """Load an ONNX model once and wrap it in the chosen engine.
 
@@ -341,6 +347,7 @@ def create_engine(
         providers: onnxruntime execution providers; default: :func:`default_providers`.
         threads: onnxruntime intra-op threads. The torch engine uses torch's process-wide
             thread setting (``torch.set_num_threads``), which an engine does not change.
+        spin: onnxruntime: let idle worker threads spin (see :class:`OrtEngine`).
         model: The file's ModelProto, already parsed (e.g. to check its signature): used instead
             of parsing ``path`` again, and treated as owned.
 
@@ -378,6 +385,7 @@ def create_engine(
             device=device,
             providers=providers,
             threads=threads,
+            spin=spin,
         )
     if owned:
         _strip_payloads(model)

@@ -44,6 +44,7 @@ class ModelConfig:
         dtype: Compute precision for the torch engine.
         providers: onnxruntime execution providers (default: the best available).
         threads: onnxruntime intra-op threads.
+        spin: onnxruntime: let idle worker threads spin.
     """
 
     pack: PackName = "builtin"
@@ -54,6 +55,7 @@ class ModelConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     providers: tuple[str, ...] | None = None
     threads: int | None = None
+    spin: bool = False
 
     def __post_init__(self) -> None:
         if self.pack not in ("builtin", "insightface"):
@@ -64,7 +66,8 @@ class ModelConfig:
     def options(self, device: torch.device) -> EngineOptions:
         engine = self.engine if self.engine != "auto" else ("torch" if device.type == "cuda" else "onnxruntime")
         return EngineOptions(engine=engine, device=device, dtype=self.dtype,
-                             providers=list(self.providers) if self.providers else None, threads=self.threads)
+                             providers=list(self.providers) if self.providers else None, threads=self.threads,
+                             spin=self.spin)
 
     def path(self, role: str) -> Path:
         """The file for ``role`` (detector, landmarker, landmarker_3d, recognizer, swapper)."""

@@ -20,13 +20,17 @@ from .packs import load_checked
 
 @dataclass
 class EngineOptions:
-    """How a model runs: engine, device, precision, onnxruntime providers and threads."""
+    """How a model runs: engine, device, precision, onnxruntime providers and threads.
+
+    onnxruntime's worker threads do not spin by default here: several stages run models side by
+    side, and a spinning idle session takes the cores the others need (``models.spin``)."""
 
     engine: str = "onnxruntime"
     device: torch.device = torch.device("cpu")
     dtype: str = "float32"
     providers: list[str] | None = None
     threads: int | None = None
+    spin: bool = False
 
     def create(self, role: str, path: Path, model: onnx.ModelProto):  # noqa: ANN201 - an Engine
         providers = self.providers
@@ -35,7 +39,7 @@ class EngineOptions:
         try:
             return create_engine(
                 path, engine=self.engine, device=self.device, dtype=self.dtype,  # type: ignore[arg-type]
-                providers=providers, threads=self.threads, model=model,
+                providers=providers, threads=self.threads, model=model, spin=self.spin,
             )
         except ValueError as exc:  # UnsupportedOperatorError included: its message suggests onnxruntime
             from pipeline.errors import ModelError

@@ -265,17 +265,29 @@ class ByteTracker:
         self._runs = 0
 
     @property
+    def ids(self) -> set[int]:
+        """Ids of every confirmed track alive, tracked or lost (cheaper than :attr:`tracks`)."""
+        return set(self._table.ids[self._table.ids >= 0].tolist())
+
+    def lost(self, within: int) -> tuple[Track, ...]:
+        """Lost confirmed tracks last matched at most ``within`` frames ago, with predicted boxes."""
+        table = self._table
+        return self._snapshot((table.ids >= 0) & table.lost & (table.since_update <= within))
+
+    @property
     def tracks(self) -> tuple[Track, ...]:
         """Every confirmed track alive, tracked or lost, oldest first."""
         return self._snapshot(self._table.ids >= 0)
 
-    def update(self, boxes: np.ndarray, scores: np.ndarray) -> TrackResult:
+    def update(self, boxes: np.ndarray, scores: np.ndarray, *, snapshot: bool = True) -> TrackResult:
         """Run one detector frame through the tracker.
 
         Args:
             boxes: ``(N, 4)`` ``[x1, y1, x2, y2]`` detections. A box with no positive width and
                 height is never matched (its id is -1).
             scores: ``(N,)`` detection scores.
+            snapshot: Also return the matched tracks (``False``: ``tracks`` is empty, for callers
+                that need the ids only).
 
         Returns:
             The id of every detection and the tracks matched on this frame.
@@ -295,6 +307,8 @@ class ByteTracker:
         det_ids[matched_dets] = self._table.ids[matched_rows]
         self._drop_expired()
         self._start_tracks(boxes, scores, unclaimed, det_ids)
+        if not snapshot:
+            return TrackResult(det_ids, ())
         return TrackResult(det_ids, self._snapshot((self._table.ids >= 0) & ~self._table.lost))
 
     def predict(self, frames: int = 1) -> TrackResult:

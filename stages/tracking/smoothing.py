@@ -8,6 +8,7 @@ e.g. a ``(4,)`` box, ``(5, 2)`` keypoints or ``(68, 2)`` landmarks.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -77,6 +78,87 @@ class OneEuroFilter:
         self._value = _blend(self._value, value, _alpha(cutoff, dt))
         self._raw, self._time = value, float(timestamp)
         return self._value.copy()
+
+
+class OneEuroBank:
+    """Many independent 1€ filters, one per key (e.g. per track), stepped together.
+
+    Each key filters its own signal exactly as :class:`OneEuroFilter` would, with its own last
+    time. The states live in dense arrays (one row per key), so a step over N keys is a few array
+    operations instead of N calls. A key seen for the first time, or one whose sample shape differs
+    from the bank's, starts afresh (its value passes through).
+
+    Example:
+        >>> bank = OneEuroBank(min_cutoff=1.0, beta=0.01)
+        >>> bank([7, 9], np.zeros((2, 5, 2)), 0.0).shape
+        (2, 5, 2)
+    """
+
+    def __init__(self, *, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0) -> None:
+        self.min_cutoff = _check_number("min_cutoff", min_cutoff, positive=True)
+        self.beta = _check_number("beta", beta, positive=False)
+        self.d_cutoff = _check_number("d_cutoff", d_cutoff, positive=True)
+        self._rows: dict[int, int] = {}
+        self._free: list[int] = []
+        self._shape: tuple[int, ...] | None = None
+        self._value = self._raw = self._speed = np.zeros((0,))
+        self._time = np.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def drop(self, keys: Iterable[int]) -> None:
+        """Forget keys (ended tracks)."""
+        for key in keys:
+            row = self._rows.pop(key, None)
+            if row is not None:
+                self._free.append(row)
+
+    def _row(self, key: int) -> int:
+        if self._free:
+            row = self._free.pop()
+        else:
+            row = len(self._time)
+            grow = max(8, row)
+            self._value = np.concatenate([self._value, np.zeros((grow, *self._shape))])  # type: ignore[misc]
+            self._raw = np.concatenate([self._raw, np.zeros((grow, *self._shape))])  # type: ignore[misc]
+            self._speed = np.concatenate([self._speed, np.zeros((grow, *self._shape))])  # type: ignore[misc]
+            self._time = np.concatenate([self._time, np.zeros(grow)])
+            self._free.extend(range(row + grow - 1, row, -1))
+        self._rows[key] = row
+        return row
+
+    def __call__(self, keys: Sequence[int], values: np.ndarray, timestamp: float) -> np.ndarray:
+        """Filter one sample per key; ``values`` is ``(len(keys), ...)``. Returns float64."""
+        values = np.asarray(values, dtype=np.float64)
+        t = float(timestamp)
+        if values.shape[1:] != self._shape:  # a new shape: start over
+            self._rows.clear()
+            self._free.clear()
+            self._shape = values.shape[1:]
+            self._value = self._raw = self._speed = np.zeros((0, *self._shape))
+            self._time = np.zeros(0)
+        out = values.copy()
+        old = [i for i, k in enumerate(keys) if k in self._rows and t > self._time[self._rows[k]]]
+        if old:
+            rows = np.array([self._rows[keys[i]] for i in old])
+            new = values[old]
+            dt = (t - self._time[rows]).reshape((-1,) + (1,) * (values.ndim - 1))
+            speed = _blend(self._speed[rows], (new - self._raw[rows]) / dt, _alpha(self.d_cutoff, dt))
+            cutoff = self.min_cutoff + self.beta * np.abs(speed)
+            value = _blend(self._value[rows], new, _alpha(cutoff, dt))
+            self._value[rows], self._raw[rows], self._speed[rows], self._time[rows] = value, new, speed, t
+            out[old] = value
+        seen = set(old)
+        for i, k in enumerate(keys):
+            if i not in seen:
+                row = self._rows.get(k)
+                if row is None:
+                    row = self._row(k)
+                self._value[row] = self._raw[row] = values[i]
+                self._speed[row] = 0.0
+                self._time[row] = t
+        return out
 
 
 class EmaFilter:

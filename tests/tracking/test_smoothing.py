@@ -135,3 +135,24 @@ def test_ema_step_reaches_63_percent_after_one_time_constant(fps: float) -> None
 def test_ema_rejects_bad_time_constant(value: float) -> None:
     with pytest.raises(ValueError, match="time_constant"):
         EmaFilter(time_constant=value)
+
+
+def test_bank_equals_one_filter_per_key() -> None:
+    """The vectorised bank gives each key exactly what its own OneEuroFilter gives, with keys that
+    come and go and skip frames."""
+    from stages.tracking.smoothing import OneEuroBank, OneEuroFilter
+
+    rng = np.random.default_rng(0)
+    bank = OneEuroBank(min_cutoff=1.2, beta=0.05)
+    singles: dict[int, OneEuroFilter] = {}
+    for frame in range(60):
+        keys = [k for k in range(6) if (frame + k) % 7 != 0 and not (k == 5 and 20 <= frame < 30)]
+        if frame == 40:
+            bank.drop([2])
+            singles.pop(2, None)
+        values = rng.normal(size=(len(keys), 5, 2)) + np.array(keys)[:, None, None] * 10
+        got = bank(keys, values, frame / 30)
+        for k, v, g in zip(keys, values, got):
+            f = singles.setdefault(k, OneEuroFilter(min_cutoff=1.2, beta=0.05))
+            np.testing.assert_allclose(g, f(v, frame / 30), rtol=1e-12, atol=1e-9)
+    assert len(bank) == 6
