@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,10 +20,13 @@ from pipeline.runner import Pipeline, Progress, RunReport
 from pipeline.stage import Stage
 from stages.decoder import Decoder
 from stages.encoder import CONTAINERS, Encoder
-from stages.media.inputs import resolve_input
+from stages.media.inputs import IMAGE_EXTENSIONS, resolve_input
+from stages.annotator import Annotator
+from stages.blender import Blender
 from stages.detector import Detector
 from stages.embedder import Embedder
 from stages.export import FacesJsonl
+from stages.generator import Generator
 from stages.landmarker import Landmarker
 from stages.models.factory import ModelConfig
 from stages.passthrough import PassThrough
@@ -57,8 +61,19 @@ def model_config(settings: Settings) -> ModelConfig:
     )
 
 
-def analysis_stages(settings: Settings, *, landmarks: bool, identity: str | None) -> list[Stage]:
-    """Detector, tracker, and the landmarker and embedder where they are wanted."""
+def analysis_stages(
+    settings: Settings,
+    *,
+    landmarks: bool,
+    identity: str | None,
+    references: dict[str, list[str]] | None = None,
+    mapping: dict[str, str] | None = None,
+) -> list[Stage]:
+    """Detector, tracker, and the landmarker and embedder where they are wanted.
+
+    ``identity`` is what the face selection gives the faces it picks; ``references`` (person ->
+    images) and ``mapping`` (person -> identity) serve selection by reference and ``map``.
+    """
     d, flow, sel, ids, tr = settings.detector, settings.flow, settings.select, settings.identity, settings.tracker
     models = model_config(settings)
     batch = {"batch_size": flow.batch_size, "max_wait_ms": flow.max_wait_ms}
@@ -106,10 +121,76 @@ def analysis_stages(settings: Settings, *, landmarks: bool, identity: str | None
     if needs_embeddings and not want_embed:
         raise ConfigError(f"select.mode {sel.mode} needs embeddings", key="embedder.enabled")
     if want_embed:
-        references = {Path(p).stem: [p] for p in sel.references}
+        if references is None:
+            references = {Path(p).stem: expand_images(p, "select.references") for p in sel.references}
         stages.append(_configured("select", lambda: Embedder(
             models=models, cache=cache, references=references if selector.by_embedding else None,
-            identity=identity, threshold=ids.threshold, eligible=selector.big_enough, **batch)))
+            mapping=mapping, identity=identity, threshold=ids.threshold, eligible=selector.big_enough,
+            exclude=sel.exclude, **batch)))
+    return stages
+
+
+def expand_images(path: str, key: str) -> list[str]:
+    """An image, or the images of a folder (name order)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = sorted(str(q) for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise ConfigError(f"no images in folder {p}", key=key)
+        return found
+    if not p.is_file():
+        raise ConfigError(f"image not found: {p}", key=key)
+    return [str(p)]
+
+
+def swap_stages(settings: Settings) -> tuple[list[Stage], str]:
+    """Analysis, generator and blender for swapping; also names the model (for provenance)."""
+    sw, sel = settings.swap, settings.select
+    mapping = None
+    references = None
+    if sel.mode == "map":
+        references, mapping, sources = {}, {}, {}
+        for k, entry in enumerate(sw.map):
+            target = [x for p in entry.target for x in expand_images(p, f"swap.map[{k}].target")]
+            source = [x for p in entry.source for x in expand_images(p, f"swap.map[{k}].source")]
+            if not target or not source:
+                raise ConfigError("each map entry needs target and source images", key=f"swap.map[{k}]")
+            name = f"{Path(target[0]).stem}->{Path(source[0]).stem}"
+            references[name] = target
+            mapping[name] = name
+            sources[name] = source
+    else:
+        if not sw.source:
+            raise ConfigError("swapping needs a source face: --source IMAGE (or swap.source in the preset)", key="swap.source")
+        sources = {"source": [x for p in sw.source for x in expand_images(p, "swap.source")]}
+    models = model_config(settings)
+    kind = sw.generator if sw.generator != "auto" else ("inswapper" if models.pack == "insightface" else "builtin")
+    swap_models = dataclasses.replace(models, dtype=sw.dtype)
+    model_name = swap_models.path("swapper").name if kind == "inswapper" else "builtin piecewise-affine swapper"
+    b, flow = settings.blend, settings.flow
+    batch = {"batch_size": flow.batch_size, "max_wait_ms": flow.max_wait_ms}
+    stages = analysis_stages(settings, landmarks=b.mask == "hull" or b.keep_mouth, identity="source",
+                             references=references, mapping=mapping)
+    stages.append(_configured("swap", lambda: Generator(kind=kind, models=swap_models, sources=sources,
+                                                        builtin_size=sw.builtin_size, **batch)))
+    stages.append(blender_stage(settings))
+    return stages, model_name
+
+
+def blender_stage(settings: Settings) -> Stage:
+    b, flow = settings.blend, settings.flow
+    return _configured("blend", lambda: Blender(
+        mask=b.mask, padding=b.padding, feather=b.feather, keep_mouth=b.keep_mouth, colour=b.colour,
+        poisson=b.poisson, watermark=settings.output.watermark, batch_size=flow.batch_size,
+        max_wait_ms=flow.max_wait_ms))
+
+
+def anonymize_stages(settings: Settings) -> list[Stage]:
+    a, flow = settings.anonymize, settings.flow
+    stages = analysis_stages(settings, landmarks=False, identity="anonymize")
+    stages.append(_configured("anonymize", lambda: Generator(kind=a.style, strength=a.strength,
+                                                             batch_size=flow.batch_size, max_wait_ms=flow.max_wait_ms)))
+    stages.append(blender_stage(settings))
     return stages
 
 
@@ -140,8 +221,22 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
         ),
     )
     middle: list[Stage]
+    metadata: dict[str, str] = {}
     if settings.mode == "analyze":
-        middle = analysis_stages(settings, landmarks=True, identity="selected" if settings.select.mode == "one" else None)
+        middle = analysis_stages(settings, landmarks=settings.annotate.landmarks,
+                                 identity="selected" if settings.select.mode == "one" else None)
+        middle.append(Annotator(landmarks=settings.annotate.landmarks, labels=settings.annotate.labels))
+    elif settings.mode == "swap":
+        middle, model = swap_stages(settings)
+        if o.provenance:
+            metadata = {
+                "comment": f"Faces in this video were synthetically altered by facestream {__version__} ({model}).",
+                "synthetic_media": f"facestream {__version__}; model {model}",
+            }
+    elif settings.mode == "anonymize":
+        middle = anonymize_stages(settings)
+        if o.provenance:
+            metadata = {"comment": f"Faces in this video were anonymised by facestream {__version__}."}
     elif faces_jsonl:
         middle = analysis_stages(settings, landmarks=False, identity=None)
     else:
@@ -161,6 +256,7 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
             faststart=o.faststart,
             fragmented=o.fragmented,
             options=o.options,
+            metadata=metadata,
         ),
     )
     return [decoder, *middle, encoder]

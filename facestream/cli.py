@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pipeline.errors import FacestreamError
+from pipeline.errors import ConfigError, FacestreamError
 
 from . import __version__
 
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (same as --set device=DEV)")
     run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
     run.add_argument("--faces-jsonl", metavar="FILE.jsonl", help="write every frame's faces as JSON lines")
+    run.add_argument("--source", nargs="+", metavar="IMAGE", help="swap: images (or a folder) of the source face")
+    run.add_argument("--map", action="append", default=[], metavar="TARGET=SOURCE",
+                     help="swap: the person in TARGET (image or folder) gets the face in SOURCE (repeatable)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run.set_defaults(func=cmd_run)
 
@@ -97,6 +100,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     if args.quiet:
         overrides.append("stats.progress=none")
+    if args.source:
+        overrides += ["mode=swap", f"swap.source={_yaml_list(args.source)}"]
+    if args.map:
+        entries = []
+        for pair in args.map:
+            target, sep, source = pair.partition("=")
+            if not sep or not target or not source:
+                raise ConfigError(f"--map takes TARGET=SOURCE, got {pair!r}")
+            entries.append({"target": [target], "source": [source]})
+        overrides += ["mode=swap", "select.mode=map", f"swap.map={json.dumps(entries)}"]
     settings = load_settings(preset=args.preset, config_file=args.config, overrides=overrides)
     report = run_job(settings, source=args.input, output=args.output, stats_path=args.stats,
                      faces_jsonl=args.faces_jsonl)
@@ -111,6 +124,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return report.exit_code
+
+
+def _yaml_list(items: list[str]) -> str:
+    return json.dumps(list(items))  # JSON is YAML
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -6,13 +6,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+import json
+
 from .app import run_job
-from .scenes import demo_scene
+from .scenes import demo_scene, photo_path
 from .settings import load_settings
 
 
 def run_demo(*, output: str, stats: str | None, overrides: list[str], quiet: bool = False) -> int:
-    settings = load_settings(preset="demo", overrides=[*overrides, *(["stats.progress=none"] if quiet else [])])
+    """Build the demo clip (the group photo panned, the astronaut's portrait crossing it) and swap the
+    astronaut's face (scikit-image's public-domain NASA portrait) onto every face in it."""
+    source = str(photo_path("astronaut"))
+    settings = load_settings(
+        preset="demo",
+        overrides=[f"swap.source={json.dumps([source])}", *overrides, *(["stats.progress=none"] if quiet else [])],
+    )
     with tempfile.TemporaryDirectory(prefix="facestream-demo-") as tmp:
         clip = Path(tmp) / "demo-input.mp4"
         print("facestream: building the demo clip from packaged photos", file=sys.stderr)

@@ -90,6 +90,10 @@ class OutputSettings:
     faststart: bool = False
     fragmented: bool = False
     options: dict[str, str] = field(default_factory=dict)
+    watermark: str | None = None
+    """Text drawn in the bottom-right corner of every frame of swapped output (e.g. "AI-generated")."""
+    provenance: bool = True
+    """Tag swapped output's container metadata as synthetically altered (and by which model)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 63:
@@ -245,6 +249,8 @@ class SelectSettings:
     """``reference``: images of the people to act on."""
     rechoose_s: float = 2.0
     """``one``: how long to wait for the chosen person to return before choosing someone else."""
+    exclude: bool = False
+    """``reference``: the reference people are the ones to leave alone (act on everyone else)."""
 
     def __post_init__(self) -> None:
         if self.min_size < 0 or self.rechoose_s < 0:
@@ -252,11 +258,74 @@ class SelectSettings:
 
 
 @dataclass
+class MapEntry:
+    """One ``map`` pair: who, in the video, becomes whom."""
+
+    target: list[str] = field(default_factory=list)
+    """Images (or folders) of the person in the video."""
+    source: list[str] = field(default_factory=list)
+    """Images (or folders) of the face they get."""
+
+
+@dataclass
+class SwapSettings:
+    """Face swapping."""
+
+    generator: Literal["auto", "inswapper", "builtin"] = "auto"
+    """``auto``: inswapper with the insightface pack, the builtin swapper with the builtin pack."""
+    source: list[str] = field(default_factory=list)
+    """Images (or folders) of the source person; several images are averaged."""
+    map: list[MapEntry] = field(default_factory=list)
+    """``select.mode map``: each target person gets their own source."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """The swapper's precision (torch engine); reduced precision is checked against float32 first."""
+    builtin_size: int = 192
+
+    def __post_init__(self) -> None:
+        _positive(self, "builtin_size")
+
+
+@dataclass
+class BlendSettings:
+    """Pasting generated faces back."""
+
+    mask: Literal["auto", "insightface", "box", "hull"] = "auto"
+    padding: float = 0.1
+    feather: float = 0.08
+    keep_mouth: bool = False
+    colour: Literal["auto", "none", "lab", "histogram"] = "auto"
+    poisson: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.padding < 0.5 or not 0 <= self.feather < 0.5:
+            raise FieldError("padding", "padding and feather must be within 0..0.5")
+
+
+@dataclass
+class AnonymizeSettings:
+    """Hiding faces."""
+
+    style: Literal["blur", "pixelate", "solid"] = "blur"
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "strength")
+
+
+@dataclass
+class AnnotateSettings:
+    """What ``analyze`` draws."""
+
+    landmarks: bool = True
+    labels: bool = True
+
+
+@dataclass
 class Settings:
     """A whole preset."""
 
     description: str = ""
-    mode: Literal["passthrough", "analyze"] = "passthrough"
+    mode: Literal["passthrough", "analyze", "swap", "anonymize"] = "passthrough"
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int | None = None
@@ -272,10 +341,16 @@ class Settings:
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     select: SelectSettings = field(default_factory=SelectSettings)
+    swap: SwapSettings = field(default_factory=SwapSettings)
+    blend: BlendSettings = field(default_factory=BlendSettings)
+    anonymize: AnonymizeSettings = field(default_factory=AnonymizeSettings)
+    annotate: AnnotateSettings = field(default_factory=AnnotateSettings)
 
     def __post_init__(self) -> None:
         if self.select.mode == "reference" and not self.select.references:
             raise FieldError("select", "select.mode reference needs select.references (images of the people)")
+        if self.select.mode == "map" and not self.swap.map:
+            raise FieldError("select", "select.mode map needs swap.map (target and source images), or --map T=S")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise FieldError("device", "device must be auto, cpu, cuda or cuda:N")
         _positive(self, "threads")

@@ -310,7 +310,8 @@ class Decoder(Source):
         tb = self.info.time_base
         if self._spec.kind == "image":
             image = _read_image(self._stills[0])
-            sources = (image for _ in range(self.info.frame_count or 1))
+            # A copy per frame: later stages paint into their frame's picture.
+            sources = (image.copy() for _ in range(self.info.frame_count or 1))
         else:
             sources = (_read_image(p) for p in self._stills)
         t_start = time.monotonic()

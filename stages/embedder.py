@@ -77,6 +77,7 @@ class Embedder(Transform):
         identity: The identity ``reference`` selection gives.
         threshold: Cosine similarity for "same person" (default: per pack).
         eligible: The face selection's size filter: faces it rejects get no identity.
+        exclude: The references are the people to leave alone; everyone else gets ``identity``.
         batch_size, max_wait_ms: Frames per batch and longest wait for a batch to fill.
     """
 
@@ -92,6 +93,7 @@ class Embedder(Transform):
         identity: str | None = "source",
         threshold: float | None = None,
         eligible: Callable[[Face], bool] | None = None,
+        exclude: bool = False,
         batch_size: int = 1,
         max_wait_ms: float = 0.0,
     ) -> None:
@@ -106,6 +108,7 @@ class Embedder(Transform):
         self.identity = identity
         self.threshold = SAME_PERSON[models.pack] if threshold is None else threshold
         self.eligible = eligible
+        self.exclude = exclude
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
         self._backend: RecognizerBackend | None = None
@@ -119,7 +122,7 @@ class Embedder(Transform):
             if self.references:
                 people = embed_people(self.models, ctx.device, self.references, self._backend)
                 self.cache.decide = IdentityMatcher(people, threshold=self.threshold, mapping=self.mapping,
-                                                    identity=self.identity)
+                                                    identity=self.identity, exclude=self.exclude)
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         assert self._backend is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ class Face:
         predicted: True where the box came from the tracker's motion model, not the detector.
         needs_embedding: The tracker's word on whether this face must be embedded now (``None``
             without a tracker: embed it).
+        generated: The generator's output for this face (a crop and its matrix), for the blender.
 
     Example:
         >>> f = Face(box=np.array([10, 20, 110, 140], np.float32), score=0.9)
@@ -45,6 +47,7 @@ class Face:
     quality: float = 0.0
     predicted: bool = False
     needs_embedding: bool | None = None
+    generated: Any = None
 
     def __post_init__(self) -> None:
         self.box = np.asarray(self.box, dtype=np.float32).reshape(4)

@@ -159,3 +159,56 @@ def warp_faces_torch(
             for k, face in enumerate(by_frame[f]):
                 out[face] = sampled[gi, :, k * size : (k + 1) * size]
     return out
+
+
+def footprint(matrix: np.ndarray, crop_wh: tuple[int, int], frame_hw: tuple[int, int], margin: int = 2) -> tuple[int, int, int, int] | None:
+    """The frame region ``(x0, y0, x1, y1)`` a crop covers when warped back with the inverse of
+    ``matrix`` (frame -> crop), plus ``margin``, clipped to the frame; ``None`` if outside."""
+    w, h = crop_wh
+    corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64)
+    pts = transform_points(corners, invert_affine(np.asarray(matrix, np.float64)))
+    x0 = max(int(np.floor(pts[:, 0].min())) - margin, 0)
+    y0 = max(int(np.floor(pts[:, 1].min())) - margin, 0)
+    x1 = min(int(np.ceil(pts[:, 0].max())) + margin, frame_hw[1])
+    y1 = min(int(np.ceil(pts[:, 1].max())) + margin, frame_hw[0])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def region_inverse(matrix: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
+    """The matrix taking crop pixels to region pixels (``matrix`` maps frame -> crop)."""
+    inv = invert_affine(np.asarray(matrix, np.float64))
+    inv[:, 2] -= (region[0], region[1])
+    return inv
+
+
+def warp_to_region(crop: torch.Tensor, matrix: np.ndarray, region: tuple[int, int, int, int]) -> torch.Tensor:
+    """Warp a crop (``(h, w, C)``, any dtype, on any device) back into its frame region, bilinear,
+    black outside: ``cv2.warpAffine`` with the inverse matrix on the CPU, ``grid_sample`` elsewhere.
+    Returns ``(rh, rw, C)`` float32."""
+    x0, y0, x1, y1 = region
+    rw, rh = x1 - x0, y1 - y0
+    if crop.device.type == "cpu":
+        src = crop.numpy()  # uint8 crops warp as uint8, like insightface's paste-back
+        out = cv2.warpAffine(src, region_inverse(matrix, region), (rw, rh), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        return torch.from_numpy(out.reshape(rh, rw, -1).astype(np.float32))
+    return warp_to_region_torch(crop, matrix, region)
+
+
+def warp_to_region_torch(crop: torch.Tensor, matrix: np.ndarray, region: tuple[int, int, int, int]) -> torch.Tensor:
+    """:func:`warp_to_region` with ``grid_sample`` (any device)."""
+    x0, y0, x1, y1 = region
+    rw, rh = x1 - x0, y1 - y0
+    h, w = crop.shape[:2]
+    device = crop.device
+    m = torch.tensor(np.asarray(matrix, np.float64), dtype=torch.float32, device=device)
+    ys, xs = torch.meshgrid(torch.arange(y0, y1, device=device, dtype=torch.float32),
+                            torch.arange(x0, x1, device=device, dtype=torch.float32), indexing="ij")
+    cx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    cy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    grid = torch.stack(((2 * cx + 1) / w - 1, (2 * cy + 1) / h - 1), dim=-1)[None]
+    src = crop.reshape(h, w, -1).permute(2, 0, 1)[None].float()
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0].permute(1, 2, 0)

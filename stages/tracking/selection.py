@@ -130,6 +130,8 @@ class IdentityMatcher:
         mapping: ``map``: reference name -> source identity; ``reference``: ``None`` (every
             matching face gets ``identity``).
         identity: The identity ``reference`` gives.
+        exclude: Invert ``reference``: the reference people are left alone, everyone else gets
+            ``identity``.
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class IdentityMatcher:
         self.threshold = threshold
         self.mapping = mapping
         self.identity = identity
+        self.exclude = exclude
 
     def match(self, embedding: np.ndarray) -> tuple[str | None, float]:
         """The best-matching reference and its similarity (``None`` below the threshold)."""
@@ -156,6 +159,8 @@ class IdentityMatcher:
 
     def __call__(self, embedding: np.ndarray, track_id: int) -> str | None:
         name, _ = self.match(embedding)
+        if self.exclude:
+            return None if name is not None else self.identity
         if name is None:
             return None
         return self.mapping.get(name) if self.mapping is not None else (self.identity or name)
