@@ -104,7 +104,7 @@ def analysis_stages(
             "tracker",
             lambda: Tracker(track_thresh=tr.track_thresh, low_thresh=tr.low_thresh, new_track_thresh=tr.new_track_thresh,
                             match_thresh=tr.match_thresh, buffer_s=tr.buffer_s, min_hits=tr.min_hits,
-                            coast_frames=tr.coast_frames, smooth=tr.smooth, min_cutoff=tr.min_cutoff, beta=tr.beta,
+                            coast_frames=tr.coast_frames, coast_behind=tr.coast_behind, smooth=tr.smooth, min_cutoff=tr.min_cutoff, beta=tr.beta,
                             selector=selector, cache=cache, every=d.every, reid_s=ids.reid_s,
                             rechoose_s=sel.rechoose_s),
         )

@@ -199,6 +199,8 @@ class TrackerSettings:
     min_hits: int = 2
     coast_frames: int = 3
     """Frames a face stays (from its predicted box) after a missed detection."""
+    coast_behind: bool = False
+    """Keep a lost face that is predicted behind a face in view (on for anonymising)."""
     smooth: bool = True
     min_cutoff: float = 1.0
     """One Euro filter: jitter cutoff at rest (Hz); lower is steadier."""

@@ -71,6 +71,9 @@ class Tracker(Transform):
         buffer_s: How long a lost track is kept for the tracker to pick up again.
         min_hits: Detector runs before a new track is confirmed.
         coast_frames: Frames a just-lost track keeps being emitted from its prediction.
+        coast_behind: Also emit a lost track whose predicted box lies on a face in view (hidden
+            behind it). Off for swaps (it would be painted onto the face in front); on for
+            anonymising (a face emerging from behind another stays hidden).
         smooth: Smooth keypoints and landmarks per track.
         min_cutoff, beta: The One Euro filter's jitter cutoff (Hz) and speed coefficient.
         selector: Geometric face selection (``all``, ``one``).
@@ -93,6 +96,7 @@ class Tracker(Transform):
         buffer_s: float = 1.0,
         min_hits: int = 2,
         coast_frames: int = 3,
+        coast_behind: bool = False,
         smooth: bool = True,
         min_cutoff: float = 1.0,
         beta: float = 0.05,
@@ -111,6 +115,7 @@ class Tracker(Transform):
             raise ValueError("min_cutoff must be > 0 and beta >= 0")
         self.buffer_s = buffer_s
         self.coast_frames = coast_frames
+        self.coast_behind = coast_behind
         self.smooth = smooth
         self.min_cutoff = min_cutoff
         self.beta = beta
@@ -159,7 +164,7 @@ class Tracker(Transform):
                     kept.append(face)
             matched = {tid for tid in ids if tid >= 0}
             coasting = [t for t in tracker.lost(self.coast_frames) if t.id not in matched] if self.coast_frames else []
-            if coasting and kept:
+            if coasting and kept and not self.coast_behind:
                 # A lost track whose predicted box lies on a face in view is hidden behind it: nothing
                 # of it is visible, and emitting it would paint it onto the face in front.
                 overlap = box_iou(np.stack([np.asarray(t.box, np.float32) for t in coasting]),

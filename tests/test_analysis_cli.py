@@ -69,7 +69,10 @@ def test_insightface_pack_end_to_end(tmp_path, demo_clip, pack):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(stats.read_text())
     assert {"detector", "landmarker", "embedder"} <= data["stages"].keys()
-    assert data["stages"]["embedder"]["embedded"] == data["stages"]["detector"]["faces_found"] > 0
+    # Embeddings are computed per track (new tracks, then now and then), not for every face.
+    emb = data["stages"]["embedder"]
+    assert 0 < emb["embedded"] < 0.5 * data["stages"]["detector"]["faces_found"]
+    assert emb["faces"] >= data["stages"]["detector"]["faces_found"] * 0.8
     assert len(read_jsonl(faces)) == probe(out).frames == 75
 
 

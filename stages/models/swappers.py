@@ -204,7 +204,8 @@ class BuiltinSwapper:
         maps = np.zeros((len(src.triangles) + 1, 2, 3), np.float64)
         for k, tri in enumerate(src.triangles):
             dst = crop_pts[tri]
-            if abs(np.cross(dst[1] - dst[0], dst[2] - dst[0])) < 1e-3:
+            e1, e2 = dst[1] - dst[0], dst[2] - dst[0]
+            if abs(e1[0] * e2[1] - e1[1] * e2[0]) < 1e-3:
                 continue  # degenerate in this pose
             maps[k + 1] = cv2.getAffineTransform(dst.astype(np.float32), src.points[tri].astype(np.float32))
             cv2.fillConvexPoly(index, np.round(dst).astype(np.int32), int(k + 1))

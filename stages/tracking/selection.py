@@ -117,7 +117,12 @@ class FaceSelector:
                     cache.assign(chosen.track_id, self.identity, frame)
                     self._last_held = frame
         for f in faces:
-            decided, ident = cache.decision(f.track_id) if f.track_id is not None else (False, None)
+            if f.track_id is None:
+                # A face whose track is not confirmed yet: ``all`` still acts on it (a face left
+                # unblurred for one frame is a privacy leak); the other policies wait for its track.
+                f.identity = self.identity if self.mode == "all" and self.big_enough(f) else None
+                continue
+            decided, ident = cache.decision(f.track_id)
             f.identity = ident if decided and self.big_enough(f) else None
 
 
@@ -141,6 +146,7 @@ class IdentityMatcher:
         threshold: float,
         mapping: dict[str, str] | None = None,
         identity: str | None = "source",
+        exclude: bool = False,
     ) -> None:
         if not references:
             raise ValueError("face selection by reference needs at least one reference image")

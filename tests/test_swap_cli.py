@@ -1,0 +1,187 @@
+"""Swap, anonymise and analyze through the command line, on clips of real faces."""
+
+import json
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from facestream.scenes import GROUP_FACES, load_photo, people_scene
+from stages.models.builtin_pack import DlibDetector
+from tests import modelgen
+from tests.conftest import run_cli
+from tests.media import probe
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    d = tmp_path_factory.mktemp("swapcli")
+    truth = people_scene(d / "people.mp4")
+    group = load_photo("group")
+    cv2.imwrite(str(d / "astronaut.png"), cv2.cvtColor(load_photo("astronaut"), cv2.COLOR_RGB2BGR))
+    for name, k in (("rachel", 0), ("chandler", 2), ("monica", 4)):
+        x1, y1, x2, y2 = (int(v) for v in GROUP_FACES[k])
+        pad = x2 - x1
+        crop = group[max(0, y1 - pad):y2 + pad, max(0, x1 - pad):x2 + pad]
+        cv2.imwrite(str(d / f"{name}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    return d, truth
+
+
+def frames_of(path):
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def test_frames_without_a_selected_face_come_out_unchanged(scene, tmp_path):
+    d, truth = scene
+    plain, swapped = tmp_path / "plain.mp4", tmp_path / "swapped.mp4"
+    # Lossless encoding (crf 0): a frame left alone must come out bit for bit as in a plain run.
+    assert run_cli("run", str(d / "people.mp4"), "-o", str(plain), "-q", "--set", "output.crf=0").returncode == 0
+    proc = run_cli("run", str(d / "people.mp4"), "-o", str(swapped), "--source", str(d / "monica.png"), "-q",
+                   "--set", "output.crf=0",
+                   "--set", "select.mode=reference", "--set", f"select.references=[{d / 'rachel.png'}]",
+                   "--stats", str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["stages"]["generator"]["faces"] > 20
+    a, b = frames_of(plain), frames_of(swapped)
+    assert len(a) == len(b) == 150
+    # people_scene: rachel is off stage from 55 % to 75 % of the clip; a few frames either side she
+    # is partly in view (still detected, or coasting).
+    absent = [i for i in range(150) if 0.58 <= i / 150 < 0.74]
+    present = [i for i, names in enumerate(truth.frames) if "rachel" in [n for n, _ in names]][5:]
+    assert len(present) > 50
+    for i in absent:
+        assert np.array_equal(a[i], b[i]), i
+    changed = []
+    for i in present:
+        x1, y1, x2, y2 = (int(v) for v in dict(truth.frames[i])["rachel"])
+        changed.append(np.abs(a[i][y1:y2, x1:x2].astype(int) - b[i][y1:y2, x1:x2].astype(int)).mean())
+    assert np.median(changed) > 5.0  # her face was replaced
+    p = probe(swapped)
+    assert p.audio_streams == ["aac"] and p.audio_duration == pytest.approx(probe(plain).audio_duration, abs=0.03)
+    assert "synthetically altered by facestream" in p.metadata["comment"]
+    assert "builtin" in p.metadata["synthetic_media"]
+
+
+def _on_people(boxes, people):
+    """Detections lying on one of the scene's faces (IoU > 0.3)."""
+    hits = 0
+    for b in boxes:
+        for _, g in people:
+            ix = max(0, min(b[2], g[2]) - max(b[0], g[0]))
+            iy = max(0, min(b[3], g[3]) - max(b[1], g[1]))
+            inter = ix * iy
+            hits += inter / ((b[2] - b[0]) * (b[3] - b[1]) + (g[2] - g[0]) * (g[3] - g[1]) - inter) > 0.3
+    return hits
+
+
+def test_anonymize_preset_leaves_no_detectable_face(scene, tmp_path):
+    d, truth = scene
+    out = tmp_path / "anon.mp4"
+    proc = run_cli("run", str(d / "people.mp4"), "-o", str(out), "--preset", "anonymize", "-q")
+    assert proc.returncode == 0, proc.stderr
+    original, hidden = frames_of(d / "people.mp4"), frames_of(out)
+    # The builtin detector, as the pipeline runs it on every frame and more sensitive (upsampled,
+    # lower threshold) on every fifth: no face of the scene's people is found. Detections that lie
+    # on none of them are counted apart: HOG also answers, at large scales, to pairs of blurred
+    # blobs (two blurred faces side by side, blurred faces of the background photo).
+    for detector, step in ((DlibDetector(), 1), (DlibDetector(upsample=1, score_threshold=0.3), 5)):
+        before = after = elsewhere = 0
+        for i in range(0, len(original), step):
+            before += _on_people(detector.detect([torch.from_numpy(original[i])])[0].boxes, truth.frames[i])
+            found = detector.detect([torch.from_numpy(hidden[i])])[0].boxes
+            hits = _on_people(found, truth.frames[i])
+            after += hits
+            elsewhere += len(found) - hits
+        print(f"\nanonymised: faces on people {before} -> {after}; other detections in the output {elsewhere}")
+        assert before >= 50 // step and after == 0
+    assert "anonymised" in probe(out).metadata["comment"]
+
+
+def test_anonymize_everyone_but_the_reference(scene, tmp_path):
+    d, truth = scene
+    faces = tmp_path / "faces.jsonl"
+    proc = run_cli("run", str(d / "people.mp4"), "-o", str(tmp_path / "o.mp4"), "--preset", "anonymize", "-q",
+                   "--set", "select.mode=reference", "--set", f"select.references=[{d / 'astronaut.png'}]",
+                   "--set", "select.exclude=true", "--faces-jsonl", str(faces))
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in faces.read_text().splitlines()]
+    decided = [(f["box"], f["identity"]) for line in lines[20:40] for f in line["faces"]]
+    astro = [i for b, i in decided if b[0] < 320 and b[1] < 200]  # she is on the left, high, early on
+    others = [i for b, i in decided if b[0] > 400]
+    assert astro and all(i is None for i in astro)
+    assert others and all(i == "anonymize" for i in others)
+
+
+def test_map_gives_each_person_their_own_source(scene, tmp_path):
+    d, truth = scene
+    faces = tmp_path / "faces.jsonl"
+    proc = run_cli("run", str(d / "people.mp4"), "-o", str(tmp_path / "o.mp4"), "-q", "--faces-jsonl", str(faces),
+                   "--map", f"{d / 'astronaut.png'}={d / 'monica.png'}", "--map", f"{d / 'chandler.png'}={d / 'rachel.png'}",
+                   "--stats", str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in faces.read_text().splitlines()]
+    by_person = {"astronaut": set(), "chandler": set(), "rachel": set()}
+    for line, gt in zip(lines[5:], truth.frames[5:]):
+        for f in line["faces"]:
+            for name, box in gt:
+                if abs(f["box"][0] - box[0]) < 20 and abs(f["box"][1] - box[1]) < 20:
+                    by_person[name].add(f["identity"])
+    assert by_person["astronaut"] == {"astronaut->monica"}
+    assert by_person["chandler"] == {"chandler->rachel"}
+    assert by_person["rachel"] == {None}
+
+
+def test_insightface_pack_swap_with_provenance_and_watermark(scene, tmp_path):
+    d, _ = scene
+    pack = tmp_path / "buffalo_l"
+    pack.mkdir()
+    modelgen.make_scrfd(pack / "det_10g.onnx", scale="tiny", seed=1)
+    modelgen.make_arcface(pack / "w600k_r50.onnx", seed=4)
+    modelgen.make_inswapper(pack / "inswapper_128.onnx", scale="tiny", seed=6)
+    out = tmp_path / "out.mkv"
+    proc = run_cli("run", str(d / "people.mp4"), "-o", str(out), "--source", str(d / "astronaut.png"), "-q",
+                   "--set", "models.pack=insightface", "--set", f"models.dir={pack}", "--set", "detector.max_faces=2",
+                   "--set", "output.watermark=AI-generated", "--set", "input.end=1", "--stats", str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["stages"]["generator"]["kind"] == "inswapper" and stats["stages"]["generator"]["faces"] >= 25
+    meta = probe(out).metadata
+    assert "inswapper_128.onnx" in meta["COMMENT" if "COMMENT" in meta else "comment"]
+    last = frames_of(out)[-1]
+    corner = last[-25:, -140:]
+    assert corner.min() < 80 and corner.max() > 200
+
+
+def test_missing_swapper_and_source_errors_are_one_line(scene, tmp_path):
+    d, _ = scene
+    pack = tmp_path / "buffalo_l"
+    pack.mkdir()
+    modelgen.make_scrfd(pack / "det_10g.onnx", scale="tiny", seed=1)
+    modelgen.make_arcface(pack / "w600k_r50.onnx", seed=4)
+    cases = [
+        (["--source", str(d / "astronaut.png"), "--set", "models.pack=insightface", "--set", f"models.dir={pack}"],
+         "swapper model inswapper_128.onnx or inswapper_128_fp16.onnx (pack buffalo_l) not found; looked in:"),
+        (["--source", str(tmp_path / "nobody.png")], "image not found"),
+        (["--preset", "swap"], "swapping needs a source face"),
+        (["--map", "just-one-side"], "--map takes TARGET=SOURCE"),
+    ]
+    for extra, words in cases:
+        out = tmp_path / "out.mp4"
+        proc = run_cli("run", str(d / "people.mp4"), "-o", str(out), "-q", *extra, env={"HOME": str(tmp_path)})
+        errors = [x for x in proc.stderr.splitlines() if x.startswith("facestream: error:")]
+        assert proc.returncode != 0 and len(errors) == 1 and words in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_analyze_draws_on_the_faces(scene, tmp_path):
+    d, _ = scene
+    out = tmp_path / "drawn.mp4"
+    assert run_cli("run", str(d / "people.mp4"), "-o", str(out), "--preset", "analyze", "-q", "--set", "input.end=1").returncode == 0
+    a, b = frames_of(d / "people.mp4")[:25], frames_of(out)
+    diff = np.abs(a[10].astype(int) - b[10].astype(int)).max(axis=2) > 60
+    assert diff.mean() > 0.002  # boxes, points and labels
+    assert diff[:, :40].mean() < 0.001  # and nothing at the empty left edge
