@@ -199,26 +199,7 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
     i, o = settings.input, settings.output
     decoder = _configured(
         "input",
-        lambda: Decoder(
-            source=source,
-            start=i.start,
-            end=i.end,
-            realtime=i.realtime,
-            live=i.live,
-            image_duration_s=i.image_duration_s,
-            image_fps=i.image_fps,
-            open_timeout_s=i.open_timeout_s,
-            read_timeout_s=i.read_timeout_s,
-            reconnect=i.reconnect,
-            reconnect_timeout_s=i.reconnect_timeout_s,
-            backoff_s=i.backoff_s,
-            audio=i.audio and o.audio != "none",
-            options=i.options,
-            hwaccel=i.hwaccel,
-            webcam_size=i.webcam_size,
-            webcam_fps=i.webcam_fps,
-            webcam_format=i.webcam_format,
-        ),
+        lambda: Decoder(source=source, **{**dataclasses.asdict(i), "audio": i.audio and o.audio != "none"}),
     )
     middle: list[Stage]
     metadata: dict[str, str] = {}
@@ -243,22 +224,8 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
         middle = [PassThrough(batch_size=1)]
     if faces_jsonl:
         middle.append(FacesJsonl(path=faces_jsonl, landmarks=settings.landmarker.model not in ("auto", "none")))
-    encoder = _configured(
-        "output",
-        lambda: Encoder(
-            path=output,
-            codec=o.codec,
-            crf=o.crf,
-            preset=o.preset,
-            tune=o.tune,
-            pix_fmt=o.pix_fmt,
-            audio=o.audio,
-            faststart=o.faststart,
-            fragmented=o.fragmented,
-            options=o.options,
-            metadata=metadata,
-        ),
-    )
+    encoder_settings = {k: v for k, v in dataclasses.asdict(o).items() if k not in ("watermark", "provenance")}
+    encoder = _configured("output", lambda: Encoder(path=output, metadata=metadata, **encoder_settings))
     return [decoder, *middle, encoder]
 
 

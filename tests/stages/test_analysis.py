@@ -19,16 +19,9 @@ from stages.ops.detection import nms
 from stages.ops.image import letterbox
 from facestream.scenes import load_photo
 from tests import modelgen
+from tests.insightface_ref import CPU, RefFace, bgr
 
 ENGINES = ["onnxruntime", "torch"]
-CPU = ["CPUExecutionProvider"]
-
-
-class RefFace(dict):
-    """insightface's Face is a dict with attribute access."""
-
-    def __getattr__(self, key):
-        return self[key]
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +44,6 @@ def photos():
            cv2.resize(astro, (300, 300)), group[::2, ::2].copy(), np.ascontiguousarray(astro[:, ::-1]),
            cv2.resize(group, (900, 500))]
     return [np.ascontiguousarray(p) for p in out]
-
-
-def bgr(rgb):
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -22,13 +22,8 @@ from stages.models.insightface_pack import EngineOptions
 from stages.models.swappers import Anonymizer, BuiltinSwapper, InSwapper
 from stages.ops.align import estimate_norm, footprint
 from tests import modelgen
+from tests.insightface_ref import CPU, RefFace, bgr
 
-CPU = ["CPUExecutionProvider"]
-
-
-class RefFace(dict):
-    def __getattr__(self, key):
-        return self[key]
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +33,6 @@ def pack(tmp_path_factory):
     modelgen.make_arcface(d / "w600k_r50.onnx", seed=4)
     modelgen.make_inswapper(d / "inswapper_128.onnx", scale="tiny", seed=6)
     return d
-
-
-def bgr(rgb):
-    return np.ascontiguousarray(rgb[..., ::-1])
 
 
 def blend(frames, faces_per_frame, **kwargs):
