@@ -98,7 +98,7 @@ def main() -> None:
                  f"{base_faces / args.frames:.1f}", "100%"))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, extra in (("facestream, same work (no tracker)", ["--set", "tracker.enabled=off"]),
+        for label, extra in (("facestream, same work (no tracker)", ["--set", "tracker.enabled=false"]),
                              ("facestream, default (per-track embeddings)", [])):
             stats, _ = run_facestream(str(clip), "-o", str(Path(tmp) / "out.mp4"), *common, *extra,
                                       stats=Path(tmp) / "s.json")

@@ -21,18 +21,7 @@ from pipeline.stage import Stage
 from stages.decoder import Decoder
 from stages.encoder import CONTAINERS, Encoder
 from stages.media.inputs import IMAGE_EXTENSIONS, resolve_input
-from stages.annotator import Annotator
-from stages.blender import Blender
-from stages.detector import Detector
-from stages.embedder import Embedder
-from stages.export import FacesJsonl
-from stages.generator import Generator
-from stages.landmarker import Landmarker
-from stages.models.factory import ModelConfig
 from stages.passthrough import PassThrough
-from stages.tracker import Tracker
-from stages.tracking.identity import IdentityCache
-from stages.tracking.selection import FaceSelector
 
 from . import __version__
 from .settings import Settings
@@ -48,7 +37,9 @@ def _configured(section: str, factory: Callable[[], Stage]) -> Stage:
         raise ConfigError(str(exc), key=section) from None
 
 
-def model_config(settings: Settings) -> ModelConfig:
+def model_config(settings: Settings):  # noqa: ANN201 - a ModelConfig
+    from stages.models.factory import ModelConfig
+
     m = settings.models
     return _configured(
         "models",
@@ -74,6 +65,14 @@ def analysis_stages(
     ``identity`` is what the face selection gives the faces it picks; ``references`` (person ->
     images) and ``mapping`` (person -> identity) serve selection by reference and ``map``.
     """
+    # The face stages and their libraries load only for the modes that use them (start-up).
+    from stages.detector import Detector
+    from stages.embedder import Embedder
+    from stages.landmarker import Landmarker
+    from stages.tracker import Tracker
+    from stages.tracking.identity import IdentityCache
+    from stages.tracking.selection import FaceSelector
+
     d, flow, sel, ids, tr = settings.detector, settings.flow, settings.select, settings.identity, settings.tracker
     models = model_config(settings)
     batch = {"batch_size": flow.batch_size, "max_wait_ms": flow.max_wait_ms}
@@ -87,7 +86,7 @@ def analysis_stages(
             ),
         )
     ]
-    tracking = tr.enabled == "on" or (tr.enabled == "auto")
+    tracking = tr.enabled is True or tr.enabled == "auto"
     selector = _configured(
         "select",
         lambda: FaceSelector(mode=sel.mode, order=sel.order, min_size=sel.min_size, identity=identity),
@@ -145,6 +144,8 @@ def expand_images(path: str, key: str) -> list[str]:
 
 def swap_stages(settings: Settings) -> tuple[list[Stage], str]:
     """Analysis, generator and blender for swapping; also names the model (for provenance)."""
+    from stages.generator import Generator
+
     sw, sel = settings.swap, settings.select
     mapping = None
     references = None
@@ -178,6 +179,8 @@ def swap_stages(settings: Settings) -> tuple[list[Stage], str]:
 
 
 def blender_stage(settings: Settings) -> Stage:
+    from stages.blender import Blender
+
     b, flow = settings.blend, settings.flow
     return _configured("blend", lambda: Blender(
         mask=b.mask, padding=b.padding, feather=b.feather, keep_mouth=b.keep_mouth, colour=b.colour,
@@ -186,6 +189,8 @@ def blender_stage(settings: Settings) -> Stage:
 
 
 def anonymize_stages(settings: Settings) -> list[Stage]:
+    from stages.generator import Generator
+
     a, flow = settings.anonymize, settings.flow
     stages = analysis_stages(settings, landmarks=False, identity="anonymize")
     stages.append(_configured("anonymize", lambda: Generator(kind=a.style, strength=a.strength,
@@ -204,6 +209,8 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
     middle: list[Stage]
     metadata: dict[str, str] = {}
     if settings.mode == "analyze":
+        from stages.annotator import Annotator
+
         middle = analysis_stages(settings, landmarks=settings.annotate.landmarks,
                                  identity="selected" if settings.select.mode == "one" else None)
         middle.append(Annotator(landmarks=settings.annotate.landmarks, labels=settings.annotate.labels))
@@ -223,6 +230,8 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
     else:
         middle = [PassThrough(batch_size=1)]
     if faces_jsonl:
+        from stages.export import FacesJsonl
+
         middle.append(FacesJsonl(path=faces_jsonl, landmarks=settings.landmarker.model not in ("auto", "none")))
     encoder_settings = {k: v for k, v in dataclasses.asdict(o).items() if k not in ("watermark", "provenance")}
     encoder = _configured("output", lambda: Encoder(path=output, metadata=metadata, **encoder_settings))

@@ -188,8 +188,8 @@ class EmbedderSettings:
 class TrackerSettings:
     """ByteTrack association, coasting through missed detections, landmark smoothing."""
 
-    enabled: Literal["auto", "on", "off"] = "auto"
-    """``auto``: on wherever faces are analysed."""
+    enabled: Literal["auto"] | bool = "auto"
+    """``auto``: on wherever faces are analysed; ``false`` turns it off (selection ``all`` only)."""
     track_thresh: float = 0.5
     low_thresh: float = 0.1
     new_track_thresh: float = 0.6
