@@ -196,7 +196,7 @@ class BuiltinSwapper:
         m = np.array([[s, 0, self.size / 2 - centre[0] * s], [0, s, self.size / 2 - centre[1] * s]], np.float64)
         return m, (points * s + m[:, 2]).astype(np.float32)
 
-    def _render(self, src: _Source, crop_pts: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def _render(self, src: _Source, crop_pts: np.ndarray, *, use_torch: bool | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """Sample the source face into the target's crop, one affine map per triangle; also the map
         of the pixels a triangle covers (a pose can fold triangles and leave holes)."""
         size = self.size
@@ -215,14 +215,15 @@ class BuiltinSwapper:
         sy = (a[..., 1, 0] * xs + a[..., 1, 1] * ys + a[..., 1, 2]).astype(np.float32)
         inside = index > 0
         h, w = src.image.shape[:2]
-        if self.device.type == "cpu":
+        if not (self.device.type != "cpu" if use_torch is None else use_torch):
             crop = cv2.remap(src.image.numpy(), sx, sy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             crop[~inside] = 0
             return torch.from_numpy(crop), inside.astype(np.float32)
-        grid = torch.from_numpy(np.stack(((2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1), -1)).to(self.device)[None]
+        device = src.image.device
+        grid = torch.from_numpy(np.stack(((2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1), -1)).to(device)[None]
         img = src.image.permute(2, 0, 1)[None].float()
         crop = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-        crop = crop.permute(1, 2, 0) * torch.from_numpy(inside).to(self.device)[..., None]
+        crop = crop.permute(1, 2, 0) * torch.from_numpy(inside).to(device)[..., None]
         return crop.round().clamp(0, 255).to(torch.uint8), inside.astype(np.float32)
 
 

@@ -252,3 +252,23 @@ def test_watermark_is_drawn_on_every_frame():
         corner = out[-30:, -150:].float()
         assert corner.min() < 70 and corner.max() > 200  # dark box, white text
         assert torch.equal(out[:300, :400], torch.full((300, 400, 3), 128, dtype=torch.uint8))
+
+
+def test_builtin_swapper_renders_the_same_with_the_device_path(group_swap):
+    """The CUDA rendering (grid_sample), run on the CPU, against the CPU one (cv2.remap)."""
+    _, _, det, faces = group_swap
+    swapper = BuiltinSwapper(device=torch.device("cpu"))
+    src = load_photo("astronaut")
+    d = DlibDetector().detect([torch.from_numpy(src)])[0]
+    from scipy.spatial import Delaunay
+
+    from stages.models.swappers import _Source
+
+    source = _Source(torch.from_numpy(src), d.landmarks[0], Delaunay(d.landmarks[0]).simplices)
+    for face in faces:
+        _, pts = swapper._crop_geometry(face.landmarks)
+        a, cov_a = swapper._render(source, pts, use_torch=False)
+        b, cov_b = swapper._render(source, pts, use_torch=True)
+        assert np.array_equal(cov_a, cov_b) and cov_a.mean() > 0.3
+        diff = (a.int() - b.int()).abs()
+        assert diff.float().mean() < 0.5 and np.percentile(diff.numpy(), 99.5) <= 2
