@@ -61,14 +61,6 @@ class Channel(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
     def put(self, item: T) -> None:
         """Add an item; blocks (``block``) or drops the oldest (``latest``) when full."""
         dropped: T | None = None
@@ -142,7 +134,6 @@ class SideChannel(Generic[T]):
     def __init__(self) -> None:
         self._items: deque[T] = deque()
         self._lock = threading.Lock()
-        self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -164,6 +155,3 @@ class SideChannel(Generic[T]):
             out = list(self._items)
             self._items.clear()
         return out
-
-    def close(self) -> None:
-        self.closed = True

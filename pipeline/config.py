@@ -221,15 +221,3 @@ def to_dict(obj: Any) -> Any:
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
 
-
-def schema_keys(cls: Any, prefix: str = "") -> list[str]:
-    """Every key path a schema accepts (for help texts)."""
-    out: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        path = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            out.extend(schema_keys(hints[f.name], path))
-        else:
-            out.append(path)
-    return out

@@ -150,10 +150,6 @@ class GpuSampler:
         except Exception:  # noqa: BLE001 - no driver, no library, no device: report nothing
             self._handle = None
 
-    @property
-    def available(self) -> bool:
-        return self._handle is not None
-
     def sample(self) -> None:
         if self._handle is None:
             return

@@ -263,8 +263,6 @@ class Pipeline:
                 stage.close()
             except BaseException as e:  # noqa: BLE001
                 exc = exc or e
-            if isinstance(stage, Source):
-                self.ctx.side.close()
             assert self._loop is not None
             try:
                 self._loop.call_soon_threadsafe(self._on_worker_exit, i, exc, frames)

@@ -5,14 +5,12 @@ Everything here works on plain numpy arrays; the pipeline stage that wraps it co
 """
 
 from .bytetrack import ByteTracker, Track, TrackResult, TrackState, assign, box_iou
-from .kalman import CHI2INV95, KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
+from .kalman import KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
 from .metrics import mot_metrics
-from .smoothing import EmaFilter, OneEuroBank, OneEuroFilter
+from .smoothing import OneEuroBank, OneEuroFilter
 
 __all__ = [
-    "CHI2INV95",
     "ByteTracker",
-    "EmaFilter",
     "KalmanBoxFilter",
     "OneEuroBank",
     "OneEuroFilter",

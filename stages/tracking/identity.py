@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,8 +43,6 @@ class TrackIdentity:
     decided: bool = False
     challenger: str | None = None
     votes: int = 0
-    reidentified_from: int | None = None
-    history: list[str | None] = field(default_factory=list)
 
     def add(self, embedding: np.ndarray, quality: float) -> None:
         """Fold an embedding into the quality-weighted running mean (kept unit length)."""
@@ -146,11 +144,6 @@ class IdentityCache:
             t.decision, t.decided = identity, True
             t.challenger, t.votes = None, 0
 
-    def holders(self, identity: str) -> list[int]:
-        """Live tracks currently decided to ``identity``."""
-        with self._lock:
-            return [tid for tid, t in self.tracks.items() if t.decided and t.decision == identity]
-
     def end(self, track_ids: Iterable[int], frame: int) -> None:
         """Tracks the tracker removed: their identity moves to the re-identification gallery."""
         with self._lock:
@@ -204,7 +197,6 @@ class IdentityCache:
         if best is not None:
             del self.gallery[best.track_id]
             t.decision, t.decided = best.decision, True
-            t.reidentified_from = best.track_id
             # The old track's appearance seeds the new one's mean.
             t.add(best.mean, t.weight)
             self.reidentified += 1
@@ -226,5 +218,3 @@ class IdentityCache:
             t.challenger, t.votes = opinion, 1
             if self.switch_votes <= 1:
                 t.decision, t.challenger, t.votes = opinion, None, 0
-        t.history.append(t.decision)
-        del t.history[:-8]

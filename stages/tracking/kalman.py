@@ -15,19 +15,6 @@ import math
 
 import numpy as np
 
-#: 0.95 quantile of the chi-square distribution by degrees of freedom, for gating distances.
-CHI2INV95: dict[int, float] = {
-    1: 3.8415,
-    2: 5.9915,
-    3: 7.8147,
-    4: 9.4877,
-    5: 11.070,
-    6: 12.592,
-    7: 14.067,
-    8: 15.507,
-    9: 16.919,
-}
-
 _NDIM = 4
 _ASPECT_STD_INIT = 1e-2
 _ASPECT_STD_PROCESS = 1e-2
@@ -168,37 +155,6 @@ class KalmanBoxFilter:
         new_mean = mean + np.einsum("nij,nj->ni", gain, innovation)
         new_cov = cov - gain @ cov[:, :_NDIM, :]
         return new_mean, new_cov
-
-    def gating_distance(
-        self,
-        mean: np.ndarray,
-        cov: np.ndarray,
-        measurements: np.ndarray,
-        *,
-        only_position: bool = False,
-    ) -> np.ndarray:
-        """Squared Mahalanobis distance between every track and every measurement.
-
-        Compare with ``CHI2INV95[4]`` (or ``CHI2INV95[2]`` with ``only_position``) to gate
-        implausible matches.
-
-        Args:
-            mean: ``(N, 8)`` state means.
-            cov: ``(N, 8, 8)`` state covariances.
-            measurements: ``(M, 4)`` ``[cx, cy, a, h]``.
-            only_position: Use the box centre only.
-
-        Returns:
-            ``(N, M)`` squared distances.
-        """
-        projected_mean, innovation_cov = self.project(mean, cov)
-        measurements = np.asarray(measurements, dtype=np.float64).reshape(-1, _NDIM)
-        if only_position:
-            projected_mean, innovation_cov = projected_mean[:, :2], innovation_cov[:, :2, :2]
-            measurements = measurements[:, :2]
-        diff = measurements[None, :, :] - projected_mean[:, None, :]
-        solved = np.linalg.solve(innovation_cov, diff.transpose(0, 2, 1))
-        return np.einsum("nmi,nim->nm", diff, solved)
 
     def _variances(
         self, h: np.ndarray, position_factor: float, velocity_factor: float, aspect_std: float

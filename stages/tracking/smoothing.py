@@ -161,53 +161,6 @@ class OneEuroBank:
         return out
 
 
-class EmaFilter:
-    """Exponential moving average with a time constant, so it is frame-rate aware.
-
-    Each sample is blended in with weight ``1 - exp(-dt / time_constant)``.
-
-    Args:
-        time_constant: Seconds after which a step has moved the output by ``1 - 1/e`` (63 %).
-
-    Raises:
-        ValueError: If ``time_constant`` is not positive.
-
-    Example:
-        >>> f = EmaFilter(time_constant=0.1)
-        >>> f(np.array([0.0]), 0.0).tolist(), f(np.array([1.0]), 0.1).round(3).tolist()
-        ([0.0], [0.632])
-    """
-
-    def __init__(self, *, time_constant: float) -> None:
-        self.time_constant = _check_number("time_constant", time_constant, positive=True)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the past: the next value passes through unchanged."""
-        self._value: np.ndarray | None = None
-        self._time = 0.0
-
-    def __call__(self, value: np.ndarray, timestamp: float) -> np.ndarray:
-        """Filter one sample.
-
-        Args:
-            value: The new sample; the same shape on every call until :meth:`reset`.
-            timestamp: Its time in seconds, increasing from call to call.
-
-        Returns:
-            The filtered sample, a new float64 array of ``value``'s shape.
-
-        Raises:
-            ValueError: If the shape changed, or ``timestamp`` is not after the previous one.
-        """
-        value = np.array(value, dtype=np.float64)
-        if self._value is not None:
-            dt = _elapsed(self._value, value, self._time, timestamp)
-            value = _blend(self._value, value, -math.expm1(-dt / self.time_constant))
-        self._value, self._time = value, float(timestamp)
-        return value.copy()
-
-
 def _alpha(cutoff: float | np.ndarray, dt: float) -> float | np.ndarray:
     """Smoothing factor of a first-order low-pass filter at ``cutoff`` Hz sampled every ``dt`` s."""
     return 1.0 / (1.0 + 1.0 / (2.0 * math.pi * cutoff * dt))

@@ -21,7 +21,7 @@ import pytest
 from scipy.spatial.distance import mahalanobis
 
 from stages.tracking import ByteTracker, KalmanBoxFilter, TrackState, assign, box_iou, mot_metrics
-from stages.tracking.kalman import CHI2INV95, xyah_to_xyxy, xyxy_to_xyah
+from stages.tracking.kalman import xyah_to_xyxy, xyxy_to_xyah
 from stages.tracking.metrics import COMMON_METRICS
 
 from . import synthetic
@@ -117,23 +117,6 @@ def test_kalman_batched_equals_per_track() -> None:
         )
         np.testing.assert_allclose(batch_mean[i], one_mean[0], rtol=1e-12)
         np.testing.assert_allclose(batch_cov[i], one_cov[0], rtol=1e-12, atol=1e-12)
-
-
-def test_gating_distance_is_squared_mahalanobis() -> None:
-    kf = KalmanBoxFilter()
-    mean, cov = kf.predict(
-        *kf.initiate(np.array([[50.0, 100.0, 0.5, 200.0], [300.0, 80.0, 0.8, 90.0]]))
-    )
-    measurements = np.array(
-        [[55.0, 98.0, 0.52, 205.0], [320.0, 70.0, 0.7, 80.0], [52.0, 101.0, 0.5, 199.0]]
-    )
-    distances = kf.gating_distance(mean, cov, measurements)
-    projected, innovation = kf.project(mean, cov)
-    for i, j in itertools.product(range(2), range(3)):
-        expected = mahalanobis(measurements[j], projected[i], np.linalg.inv(innovation[i])) ** 2
-        assert distances[i, j] == pytest.approx(expected)
-    assert distances[0, 0] < CHI2INV95[4] < distances[0, 1]
-    assert kf.gating_distance(mean, cov, measurements, only_position=True).shape == (2, 3)
 
 
 def test_box_conversions_round_trip() -> None:

@@ -1,20 +1,19 @@
-"""Tests of the 1€ and EMA filters."""
+"""Tests of the 1€ filter and its vectorised bank."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from stages.tracking import EmaFilter, OneEuroFilter
+from stages.tracking import OneEuroFilter
 
 #: Keypoint-like settings: 0.3 Hz at rest, +0.02 Hz per pixel per second of speed.
 MIN_CUTOFF, BETA = 0.3, 0.02
 
 
-def _run(filt: OneEuroFilter | EmaFilter, values: np.ndarray, fps: float) -> np.ndarray:
+def _run(filt: OneEuroFilter, values: np.ndarray, fps: float) -> np.ndarray:
     return np.array([filt(v, k / fps) for k, v in enumerate(values)])
 
 
@@ -51,9 +50,9 @@ def test_lags_a_fast_ramp_little() -> None:
 
 def test_constant_input_passes_unchanged() -> None:
     value = np.array([[12.5, -3.0], [7.0, 1e6]])
-    for filt in (OneEuroFilter(min_cutoff=MIN_CUTOFF, beta=BETA), EmaFilter(time_constant=0.2)):
-        out = _run(filt, np.repeat(value[None], 50, axis=0), 30.0)
-        np.testing.assert_array_equal(out, np.broadcast_to(value, out.shape))
+    filt = OneEuroFilter(min_cutoff=MIN_CUTOFF, beta=BETA)
+    out = _run(filt, np.repeat(value[None], 50, axis=0), 30.0)
+    np.testing.assert_array_equal(out, np.broadcast_to(value, out.shape))
 
 
 def test_same_smoothing_at_30_and_60_fps() -> None:
@@ -91,9 +90,8 @@ def test_reset_forgets_the_past() -> None:
     np.testing.assert_array_equal(filt(np.full((68, 2), 4.0), 0.0), np.full((68, 2), 4.0))
 
 
-@pytest.mark.parametrize("make", [OneEuroFilter, lambda: EmaFilter(time_constant=0.1)])
-def test_rejects_bad_samples(make: Callable[[], OneEuroFilter | EmaFilter]) -> None:
-    filt = make()
+def test_rejects_bad_samples() -> None:
+    filt = OneEuroFilter()
     filt(np.zeros((5, 2)), 1.0)
     with pytest.raises(ValueError, match="timestamp"):
         filt(np.zeros((5, 2)), 1.0)
@@ -119,22 +117,6 @@ def test_one_euro_rejects_bad_parameters(name: str, value: float) -> None:
 def test_parameters_are_keyword_only() -> None:
     with pytest.raises(TypeError):
         OneEuroFilter(1.0)  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        EmaFilter(0.1)  # type: ignore[call-arg]
-
-
-@pytest.mark.parametrize("fps", [25.0, 30.0, 60.0])
-def test_ema_step_reaches_63_percent_after_one_time_constant(fps: float) -> None:
-    filt = EmaFilter(time_constant=0.2)
-    filt(np.array([0.0]), 0.0)
-    out = [filt(np.array([1.0]), k / fps) for k in range(1, round(0.2 * fps) + 1)]
-    assert out[-1][0] == pytest.approx(1 - math.exp(-1), rel=1e-9)
-
-
-@pytest.mark.parametrize("value", [0.0, -1.0, float("nan")])
-def test_ema_rejects_bad_time_constant(value: float) -> None:
-    with pytest.raises(ValueError, match="time_constant"):
-        EmaFilter(time_constant=value)
 
 
 def test_bank_equals_one_filter_per_key() -> None:
