@@ -11,7 +11,7 @@ def test_shipped_presets_load_and_describe_themselves():
     for name in presets:
         load_settings(preset=name)
     assert load_settings(preset="live").flow.policy == "latest"
-    assert load_settings(preset="offline").flow.policy == "block"
+    assert load_settings(preset="offline").flow.policy == "auto"  # block for files, latest for live inputs
 
 
 def test_base_inheritance_and_overrides_apply_in_order(tmp_path):

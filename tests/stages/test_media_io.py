@@ -180,3 +180,26 @@ def test_cuda_run_matches_cpu_run(tmp_path, clip):
     with av.open(str(tmp_path / "cpu.mp4")) as a, av.open(str(tmp_path / "cuda.mp4")) as b:
         for fa, fb in zip(a.decode(video=0), b.decode(video=0)):
             assert np.array_equal(fa.to_ndarray(), fb.to_ndarray())
+
+
+def test_colour_metadata_is_carried(tmp_path):
+    """A BT.709-tagged source keeps its primaries, transfer and matrix tags (range: limited)."""
+    src = tmp_path / "bt709.mp4"
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 160, 120, "yuv420p"
+        cc = vs.codec_context
+        cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = 1, 1, 1, 1
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    out_path = tmp_path / "out.mkv"
+    run(src, out_path)
+    with av.open(str(out_path)) as c:
+        f = next(c.decode(video=0))
+        assert (f.color_primaries, f.color_trc, f.colorspace) == (1, 1, 1)
+        assert f.color_range == 1
