@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -19,8 +19,8 @@ from .ops.masks import MOUTH, box_mask, coverage_mask, hull_mask, insightface_ma
 
 MaskKind = Literal["auto", "insightface", "box", "hull"]
 ColourKind = Literal["auto", "none", "lab", "histogram"]
-MASKS: tuple[str, ...] = ("auto", "insightface", "box", "hull")
-COLOURS: tuple[str, ...] = ("auto", "none", "lab", "histogram")
+MASKS: tuple[str, ...] = get_args(MaskKind)
+COLOURS: tuple[str, ...] = get_args(ColourKind)
 
 
 class Blender(Transform):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pipeline.errors import ConfigError
 from pipeline.frame import Frame
@@ -11,7 +11,7 @@ from pipeline.stage import RunContext, Transform
 from .models.factory import ModelConfig
 
 Kind = Literal["inswapper", "builtin", "blur", "pixelate", "solid"]
-KINDS: tuple[str, ...] = ("inswapper", "builtin", "blur", "pixelate", "solid")
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
 class Generator(Transform):

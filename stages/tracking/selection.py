@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -27,17 +27,8 @@ Order = Literal[
     "best-worst",
     "central",
 ]
-MODES: tuple[str, ...] = ("all", "one", "reference", "map")
-ORDERS: tuple[str, ...] = (
-    "large-small",
-    "small-large",
-    "left-right",
-    "right-left",
-    "top-bottom",
-    "bottom-top",
-    "best-worst",
-    "central",
-)
+MODES: tuple[str, ...] = get_args(Mode)
+ORDERS: tuple[str, ...] = get_args(Order)
 
 
 def sort_key(order: str, frame_wh: tuple[int, int]):  # noqa: ANN201 - a key function
