@@ -113,8 +113,14 @@ def analysis_stages(
     kind = settings.landmarker.model
     if kind == "auto":
         kind = "2d106" if landmarks else "none"
-    if kind != "none" and models.pack == "insightface":
-        stages.append(Landmarker(models=models, kind=kind, smoother=tracker.smooth_landmarks if tracker else None, **batch))
+    refine = settings.landmarker.refine_predicted
+    if (kind != "none" and models.pack == "insightface") or refine:
+        if models.pack == "builtin":
+            kind = "68"
+        elif kind == "none":
+            kind = "2d106"
+        stages.append(Landmarker(models=models, kind=kind, smoother=tracker.smooth_landmarks if tracker else None,
+                                 refine_predicted=refine, **batch))
     needs_embeddings = selector.by_embedding or (sel.mode == "one" and ids.reid)
     want_embed = {"always": True, "never": False}.get(settings.embedder.enabled, needs_embeddings)
     if needs_embeddings and not want_embed:

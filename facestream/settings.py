@@ -174,6 +174,8 @@ class LandmarkerSettings:
 
     model: Literal["auto", "none", "2d106", "3d68"] = "auto"
     """``auto``: what the mode needs (none for pass-through, 2d106 or the builtin 68 for analysis)."""
+    refine_predicted: bool = False
+    """Also run on faces the tracker predicted (``detector.every`` > 1, missed detections)."""
 
 
 @dataclass

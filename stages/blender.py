@@ -13,7 +13,7 @@ from pipeline.stage import RunContext, Transform
 
 from .media.transfer import to_host
 from .models.swappers import Generated
-from .ops.align import footprint, warp_to_region
+from .ops.align import footprint, warp_to_regions
 from .ops.lab import match_colour
 from .ops.masks import MOUTH, box_mask, coverage_mask, hull_mask, insightface_mask
 
@@ -77,22 +77,30 @@ class Blender(Transform):
         self._device = ctx.device
 
     def process(self, frames: list[Frame]) -> list[Frame]:
+        jobs = []
         for frame in frames:
             for face in frame.faces:
-                if face.generated is not None:
-                    self._paste(frame, face, face.generated)
-                    face.generated = None  # the crop is done with; free it
-                    self.faces_pasted += 1
-            if self.watermark:
+                g = face.generated
+                face.generated = None  # the crop is done with once pasted; free it
+                if g is None:
+                    continue
+                region = footprint(g.matrix, (g.size, g.size), (frame.height, frame.width))
+                if region is not None:
+                    jobs.append((frame, face, g, region))
+        # Every crop of the batch warped back at once (one batched grid_sample per crop size on a
+        # GPU), then blended one face at a time, in order, so overlapping faces compose as pasted.
+        warped = warp_to_regions([self._corrected(g) for _, _, g, _ in jobs], [g.matrix for _, _, g, _ in jobs],
+                                 [r for *_, r in jobs])
+        for (frame, face, g, region), gen in zip(jobs, warped):
+            self._blend(frame, face, g, region, gen)
+            self.faces_pasted += 1
+        if self.watermark:
+            for frame in frames:
                 self._stamp(frame)
         return frames
 
-    def _paste(self, frame: Frame, face: Any, g: Generated) -> None:
-        image = frame.image
-        region = footprint(g.matrix, (g.size, g.size), (frame.height, frame.width))
-        if region is None:
-            return
-        x0, y0, x1, y1 = region
+    def _mask(self, face: Any, g: Generated, region: tuple[int, int, int, int]) -> tuple[np.ndarray, str]:
+        """The paste-back mask over ``region`` (host, geometry only) and its kind."""
         kind = self.mask if self.mask != "auto" else {"inswapper": "insightface", "builtin": "coverage"}.get(g.kind, "box")
         points = g.hull if g.hull is not None else face.landmarks
         if kind == "hull" and points is None:
@@ -101,15 +109,17 @@ class Blender(Transform):
             kind = "box"
         if kind == "coverage":
             mouth = points[MOUTH[len(points)]] if self.keep_mouth and points is not None and len(points) in MOUTH else None
-            mask = coverage_mask(g.coverage, g.matrix, region, feather=self.feather, mouth=mouth)
-        elif kind == "insightface":
-            mask = insightface_mask(g.matrix, g.size, region)
-        elif kind == "hull":
-            mask = hull_mask(points, region, padding=self.padding / 2, feather=self.feather, keep_mouth=self.keep_mouth)
-        else:
-            mask = box_mask(g.matrix, g.size, region, padding=self.padding, feather=self.feather)
-        crop = self._corrected(g)
-        gen = warp_to_region(crop, g.matrix, region)
+            return coverage_mask(g.coverage, g.matrix, region, feather=self.feather, mouth=mouth), kind
+        if kind == "insightface":
+            return insightface_mask(g.matrix, g.size, region), kind
+        if kind == "hull":
+            return hull_mask(points, region, padding=self.padding / 2, feather=self.feather, keep_mouth=self.keep_mouth), kind
+        return box_mask(g.matrix, g.size, region, padding=self.padding, feather=self.feather), kind
+
+    def _blend(self, frame: Frame, face: Any, g: Generated, region: tuple[int, int, int, int], gen: torch.Tensor) -> None:
+        image = frame.image
+        x0, y0, x1, y1 = region
+        mask, kind = self._mask(face, g, region)
         orig = image[y0:y1, x0:x1].float()
         m = torch.from_numpy(mask.astype(np.float32)).to(image.device)[..., None]
         out = m * gen + (1 - m) * orig

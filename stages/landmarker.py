@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.frame import Frame
 from pipeline.stage import RunContext, Transform
 
+from .models.builtin_pack import kps_from_68
 from .models.factory import LandmarkBackend, LandmarkKind, ModelConfig, make_landmarker
 
 
@@ -20,19 +21,22 @@ class Landmarker(Transform):
         models: Which pack and how its models run.
         kind: ``2d106`` or ``3d68`` (insightface pack); the builtin pack gives dlib's 68 points.
         smoother: ``smoother(track_id, points, time)``: the tracker's per-track landmark smoothing.
+        refine_predicted: Also run on faces the tracker predicted (frames the detector skipped, or
+            missed), on their predicted boxes; with 68-point landmarks their keypoints follow.
         batch_size, max_wait_ms: Frames per batch and longest wait for a batch to fill.
     """
 
     name = "landmarker"
 
     def __init__(self, *, models: ModelConfig, kind: LandmarkKind = "2d106",
-                 smoother: Callable[[int, np.ndarray, float], np.ndarray] | None = None, batch_size: int = 1,
-                 max_wait_ms: float = 0.0) -> None:
+                 smoother: Callable[[int, np.ndarray, float], np.ndarray] | None = None,
+                 refine_predicted: bool = False, batch_size: int = 1, max_wait_ms: float = 0.0) -> None:
         if kind not in ("2d106", "3d68", "68"):
             raise ValueError(f"kind must be 2d106 or 3d68, got {kind!r}")
         self.models = models
         self.kind = kind
         self.smoother = smoother
+        self.refine_predicted = refine_predicted
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
         self._backend: LandmarkBackend | None = None
@@ -43,7 +47,8 @@ class Landmarker(Transform):
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         assert self._backend is not None
-        todo = [(fi, face) for fi, f in enumerate(frames) for face in f.faces if face.landmarks is None]
+        todo = [(fi, face) for fi, f in enumerate(frames) for face in f.faces
+                if face.landmarks is None or (self.refine_predicted and face.predicted)]
         if todo:
             boxes = np.stack([face.box for _, face in todo])
             points = self._backend.predict([f.image for f in frames], [fi for fi, _ in todo], boxes)
@@ -51,6 +56,8 @@ class Landmarker(Transform):
                 if self.smoother is not None and face.track_id is not None:
                     p = self.smoother(face.track_id, p, frames[fi].time)
                 face.landmarks = p
+                if face.predicted and len(p) == 68:
+                    face.kps = kps_from_68(p)
             self.faces_done += len(todo)
         return frames
 

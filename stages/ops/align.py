@@ -199,16 +199,44 @@ def warp_to_region(crop: torch.Tensor, matrix: np.ndarray, region: tuple[int, in
 
 def warp_to_region_torch(crop: torch.Tensor, matrix: np.ndarray, region: tuple[int, int, int, int]) -> torch.Tensor:
     """:func:`warp_to_region` with ``grid_sample`` (any device)."""
-    x0, y0, x1, y1 = region
-    rw, rh = x1 - x0, y1 - y0
-    h, w = crop.shape[:2]
-    device = crop.device
-    m = torch.tensor(np.asarray(matrix, np.float64), dtype=torch.float32, device=device)
-    ys, xs = torch.meshgrid(torch.arange(y0, y1, device=device, dtype=torch.float32),
-                            torch.arange(x0, x1, device=device, dtype=torch.float32), indexing="ij")
-    cx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-    cy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    grid = torch.stack(((2 * cx + 1) / w - 1, (2 * cy + 1) / h - 1), dim=-1)[None]
-    src = crop.reshape(h, w, -1).permute(2, 0, 1)[None].float()
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0].permute(1, 2, 0)
+    return warp_to_regions_torch([crop], [matrix], [region])[0]
+
+
+def warp_to_regions(crops: list[torch.Tensor], matrices: list[np.ndarray],
+                    regions: list[tuple[int, int, int, int]]) -> list[torch.Tensor]:
+    """:func:`warp_to_region` for many faces: one ``cv2.warpAffine`` each on the CPU; elsewhere one
+    batched ``grid_sample`` per crop size, the regions padded to the largest."""
+    if not crops:
+        return []
+    if crops[0].device.type == "cpu":
+        return [warp_to_region(c, m, r) for c, m, r in zip(crops, matrices, regions)]
+    return warp_to_regions_torch(crops, matrices, regions)
+
+
+def warp_to_regions_torch(crops: list[torch.Tensor], matrices: list[np.ndarray],
+                          regions: list[tuple[int, int, int, int]]) -> list[torch.Tensor]:
+    """:func:`warp_to_regions` with batched ``grid_sample`` (any device)."""
+    out: list[torch.Tensor | None] = [None] * len(crops)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, c in enumerate(crops):
+        groups.setdefault(tuple(c.shape), []).append(i)
+    device = crops[0].device
+    for shape, idx in groups.items():
+        h, w = shape[:2]
+        sizes = [(regions[i][3] - regions[i][1], regions[i][2] - regions[i][0]) for i in idx]
+        hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        ys, xs = torch.meshgrid(torch.arange(hmax, device=device, dtype=torch.float32),
+                                torch.arange(wmax, device=device, dtype=torch.float32), indexing="ij")
+        m = torch.tensor(np.stack([np.asarray(matrices[i], np.float64) for i in idx]), dtype=torch.float32, device=device)
+        origin = torch.tensor([[regions[i][0], regions[i][1]] for i in idx], dtype=torch.float32, device=device)
+        fx = xs[None] + origin[:, 0, None, None]
+        fy = ys[None] + origin[:, 1, None, None]
+        cx = m[:, 0, 0, None, None] * fx + m[:, 0, 1, None, None] * fy + m[:, 0, 2, None, None]
+        cy = m[:, 1, 0, None, None] * fx + m[:, 1, 1, None, None] * fy + m[:, 1, 2, None, None]
+        grid = torch.stack(((2 * cx + 1) / w - 1, (2 * cy + 1) / h - 1), dim=-1)
+        src = torch.stack([crops[i].reshape(h, w, -1) for i in idx]).permute(0, 3, 1, 2).float()
+        warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        for k, i in enumerate(idx):
+            rh, rw = sizes[k]
+            out[i] = warped[k, :, :rh, :rw].permute(1, 2, 0)
+    return out  # type: ignore[return-value]

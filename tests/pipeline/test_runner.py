@@ -219,3 +219,23 @@ def test_pipeline_shape_is_validated():
         Pipeline([Collect(), Collect()], device=CPU)
     with pytest.raises(ValueError, match="unique"):
         Pipeline([CountingSource(1), Jitter("x"), Jitter("x"), Collect()], device=CPU)
+
+
+def test_first_interrupt_drains_second_aborts():
+    """Real SIGINTs, handled by the orchestrator's event loop: the first stops the source and lets
+    queued frames drain, a second discards what is left; the sink is closed either way."""
+    import os
+    import signal
+
+    sink = Collect()
+    pipe = Pipeline([CountingSource(100_000), Slow(0.2), sink], device=CPU, queue_size=8)
+    threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
+    threading.Timer(0.9, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t = time.monotonic()
+    report = pipe.run()
+    elapsed = time.monotonic() - t
+    assert report.signal == signal.SIGINT and report.exit_code == 130 and report.status == "interrupted"
+    assert sink.closed
+    # Draining the queued frames would take (8 + 8) x 0.2 s; the abort cut that short.
+    assert report.stats["frames_out"] < report.stats["frames_in"]
+    assert elapsed < 3.0

@@ -253,3 +253,35 @@ def test_builtin_embeddings_tell_people_apart():
         assert sim[i, j] > np.sort(sim[i])[-2] + 0.03
     landmarks = make_landmarker(cfg, torch.device("cpu"), "68").predict(frames[:1], [0] * len(dets[0].boxes), dets[0].boxes)
     np.testing.assert_allclose(landmarks, dets[0].landmarks, atol=1.0)
+
+
+def test_builtin_mmod_detector_finds_her_face():
+    det = make_detector(ModelConfig(pack="builtin"), torch.device("cpu"), model="mmod")
+    image = load_photo("astronaut")
+    found = det.detect([torch.from_numpy(image)])[0]
+    assert len(found.boxes) >= 1
+    x1, y1, x2, y2 = found.boxes[0]
+    assert 150 < (x1 + x2) / 2 < 290 and 60 < (y1 + y2) / 2 < 180
+    assert found.landmarks.shape[1:] == (68, 2)
+
+
+def test_landmarker_refines_predicted_faces():
+    """A predicted face whose carried-over landmarks are off gets fresh ones on its box, and its
+    keypoints follow; an observed face keeps what the detector gave it."""
+    from fractions import Fraction
+
+    from pipeline.frame import Frame
+    from pipeline.stage import RunContext
+    from stages.landmarker import Landmarker
+
+    image = torch.from_numpy(load_photo("group"))
+    det = make_detector(ModelConfig(pack="builtin"), torch.device("cpu")).detect([image])[0]
+    stale = Face(box=det.boxes[0], score=0.9, kps=det.kps[0] + 12, landmarks=det.landmarks[0] + 12, predicted=True)
+    seen = Face(box=det.boxes[1], score=0.9, kps=det.kps[1], landmarks=det.landmarks[1])
+    frame = Frame(index=0, pts=0, time_base=Fraction(1, 25), captured_at=0.0, image=image, faces=[stale, seen])
+    stage = Landmarker(models=ModelConfig(pack="builtin"), kind="68", refine_predicted=True)
+    stage.open(RunContext(device=torch.device("cpu")))
+    stage.process([frame])
+    np.testing.assert_allclose(stale.landmarks, det.landmarks[0], atol=1.5)
+    np.testing.assert_allclose(stale.kps, det.kps[0], atol=1.5)
+    assert np.array_equal(seen.landmarks, det.landmarks[1])

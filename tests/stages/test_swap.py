@@ -272,3 +272,47 @@ def test_builtin_swapper_renders_the_same_with_the_device_path(group_swap):
         assert np.array_equal(cov_a, cov_b) and cov_a.mean() > 0.3
         diff = (a.int() - b.int()).abs()
         assert diff.float().mean() < 0.5 and np.percentile(diff.numpy(), 99.5) <= 2
+
+
+def test_batched_device_paste_equals_one_face_at_a_time():
+    """The GPU paste-back (one grid_sample for all crops of a size), run on the CPU, against one
+    grid_sample per face and against OpenCV's warp."""
+    from stages.ops.align import warp_to_region, warp_to_region_torch, warp_to_regions_torch
+
+    rng = np.random.default_rng(0)
+    crops = [torch.from_numpy(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(4)]
+    crops.append(torch.from_numpy(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)))
+    kps = np.array([[[200, 200], [260, 198], [230, 235], [205, 265], [255, 262]]], np.float32)
+    matrices = [estimate_norm(kps + off, 128)[0] for off in (0, 70, 150, 230)]
+    matrices.append(np.array([[0.8, 0.1, -50.0], [-0.1, 0.8, -20.0]]))
+    regions = [footprint(m, (c.shape[1], c.shape[0]), (720, 1280)) for m, c in zip(matrices, crops)]
+    batched = warp_to_regions_torch(crops, matrices, regions)
+    for c, m, r, b in zip(crops, matrices, regions, batched):
+        assert b.shape[:2] == (r[3] - r[1], r[2] - r[0])
+        assert torch.allclose(b, warp_to_region_torch(c, m, r), atol=1e-4)
+        diff = (b - warp_to_region(c, m, r)).abs()
+        assert diff.mean() < 0.5 and diff.max() <= 3  # OpenCV interpolates in 1/32 steps, on uint8
+
+
+def test_poisson_blending_runs_and_hides_the_seam(group_swap):
+    image, _, det, faces = group_swap
+    swapper = BuiltinSwapper(device=torch.device("cpu"))
+    swapped = [Face(box=f.box, score=f.score, kps=f.kps, landmarks=f.landmarks, identity="source") for f in faces]
+    src = load_photo("astronaut")
+    d = DlibDetector().detect([torch.from_numpy(src)])[0]
+    from scipy.spatial import Delaunay
+
+    from stages.models.swappers import _Source
+
+    swapper.sources["source"] = _Source(torch.from_numpy(src), d.landmarks[0], Delaunay(d.landmarks[0]).simplices)
+    frame = torch.from_numpy(image.copy())
+    for face, g in zip(swapped, swapper.generate([frame], [0] * len(swapped), swapped)):
+        face.generated = g
+    (out,) = blend([frame], [swapped], poisson=True)
+    changed = np.abs(out.numpy().astype(int) - image.astype(int)).max(axis=2) > 2
+    assert changed.mean() > 0.005
+    gray = cv2.cvtColor(out.numpy(), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    grad = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    own = np.hypot(*(cv2.Sobel(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F, *dd) for dd in ((1, 0), (0, 1))))
+    boundary = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    assert grad[boundary].mean() / own[boundary].mean() < 1.25
