@@ -29,7 +29,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from stages.media.colour import i420_to_rgb_numpy, rgb_to_i420_numpy
+from facestream.facelib.media.colour import i420_to_rgb_numpy, rgb_to_i420_numpy
 
 from .common import cached, machine, run_facestream, table
 

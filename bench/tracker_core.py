@@ -1,7 +1,7 @@
 """Time one tracker update at N faces: ours against Roboflow's ``trackers.ByteTrackTracker``.
 
 Run ``python -m bench.tracker_core`` from the repository root (``--help`` for options). Both
-trackers see the same synthetic sequence (``tests.tracking.synthetic.crowd``); Roboflow's
+trackers see the same synthetic sequence (``tests.facelib.tracking.synthetic.crowd``); Roboflow's
 ``sv.Detections`` are built before the clock starts, so only the trackers' own work is timed. Each
 replay resets the tracker and runs the whole sequence; replays of the two alternate, and the best
 and median replays are reported (the best is the least disturbed by other processes). With
@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from stages.tracking import ByteTracker, mot_metrics
-from tests.tracking import synthetic
+from facestream.facelib.tracking import ByteTracker, mot_metrics
+from tests.facelib.tracking import synthetic
 
 METRICS = ("num_switches", "num_fragmentations", "idf1", "mota", "motp", "precision", "recall")
 

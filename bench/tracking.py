@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.frame import Frame
-from pipeline.stage import RunContext, SourceInfo
-from stages.face import Face
-from stages.tracker import Tracker
-from stages.tracking import ByteTracker
-from stages.tracking.identity import IdentityCache
-from tests.tracking import synthetic
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import RunContext, SourceInfo
+from facestream.facelib.face import Face
+from facestream.stages.tracker import Tracker
+from facestream.facelib.tracking import ByteTracker
+from facestream.facelib.tracking.identity import EmbedSchedule
+from facestream.stages.selector import Selector
+from tests.facelib.tracking import synthetic
 
 from .common import cached, machine, run_facestream, table
 
@@ -41,8 +42,9 @@ def _kps(box: np.ndarray) -> np.ndarray:
 
 
 def stage_cost(seq: synthetic.SyntheticSequence, repeats: int) -> tuple[float, float]:
-    """Milliseconds per frame of Tracker.process plus the cache's embedder side: the median of the
-    least disturbed replay (other processes share these cores), and the p95 over all replays."""
+    """Milliseconds per frame of the tracker stage, the embedder's schedule and the selector stage
+    (identity cache and selection): the median of the least disturbed replay (other processes share
+    these cores), and the p95 over all replays."""
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(64, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -51,11 +53,11 @@ def stage_cost(seq: synthetic.SyntheticSequence, repeats: int) -> tuple[float, f
     medians = []
     for _ in range(repeats):
         start = len(times)
-        cache = IdentityCache(threshold=0.4)
-        tracker = Tracker(cache=cache)
+        tracker, selector, schedule = Tracker(), Selector(identity="source"), EmbedSchedule()
         ctx = RunContext(device=torch.device("cpu"))
         ctx.source = SourceInfo(width=1280, height=720, frame_rate=Fraction(30), time_base=Fraction(1, 30))
         tracker.open(ctx)
+        selector.open(ctx)
         frames = [
             Frame(index=i, pts=i, time_base=Fraction(1, 30), captured_at=0.0, image=image,
                   faces=[Face(box=b, score=float(s), kps=_kps(b)) for b, s in zip(sf.boxes, sf.scores)])
@@ -64,12 +66,13 @@ def stage_cost(seq: synthetic.SyntheticSequence, repeats: int) -> tuple[float, f
         for frame in frames:
             t = time.perf_counter()
             tracker.process([frame])
+            schedule.forget(frame.tracks_ended)
             for face in frame.faces:
-                if face.track_id is None:
+                if face.track_id is None or face.predicted:
                     continue
-                if face.needs_embedding:
-                    cache.observe(face.track_id, vectors[face.track_id % 64], face.quality, frame.index)
-                face.embedding = cache.embedding(face.track_id)
+                if schedule.wants(face.track_id, frame=frame.index, quality=face.quality):
+                    face.embedding = vectors[face.track_id % 64]
+            selector.process([frame])
             times.append(time.perf_counter() - t)
         medians.append(float(np.median(times[start + len(seq) // 10 :])) * 1e3)
     return min(medians), float(np.percentile(np.array(times), 95)) * 1e3

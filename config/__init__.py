@@ -1,5 +1,1 @@
-"""The YAML presets shipped with facestream (``facestream presets`` lists them)."""
-
-from pathlib import Path
-
-PRESET_DIR = Path(__file__).resolve().parent
+"""The YAML presets shipped with facestream, read as package data (``facestream presets`` lists them)."""

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pipeline.errors import ConfigError, FacestreamError
+from facestream.pipeline.errors import ConfigError, PipelineError
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from facestream.pipeline.runner import RunReport
+
+    from .app import Job
 
 EPILOG_RUN = """\
 examples:
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .app import run_job
+    from .app import prepare_job
     from .settings import load_settings
 
     overrides = list(args.set)
@@ -111,8 +120,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             entries.append({"target": [target], "source": [source]})
         overrides += ["mode=swap", "select.mode=map", f"swap.map={json.dumps(entries)}"]
     settings = load_settings(preset=args.preset, config_file=args.config, overrides=overrides)
-    report = run_job(settings, source=args.input, output=args.output, stats_path=args.stats,
-                     faces_jsonl=args.faces_jsonl)
+    job = prepare_job(settings, source=args.input, output=args.output, stats_path=args.stats,
+                      faces_jsonl=args.faces_jsonl)
+    report = run_interruptible(job)
     stats = report.stats
     if report.error is not None:
         print(f"facestream: error: {report.error}", file=sys.stderr)
@@ -124,6 +134,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return report.exit_code
+
+
+def run_interruptible(job: Job) -> RunReport:
+    """Run a job on a new event loop with the command line's signal handling: the first SIGINT or
+    SIGTERM drains the queued frames and finalises the output, a second one aborts."""
+    import uvloop
+
+    async def main() -> RunReport:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, job.pipeline.interrupt, sig)
+        try:
+            return await job.arun()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    return uvloop.run(main())
 
 
 def _yaml_list(items: list[str]) -> str:
@@ -163,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("libav").setLevel(logging.ERROR)
     try:
         return int(args.func(args))
-    except FacestreamError as exc:
+    except PipelineError as exc:
         print(f"facestream: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

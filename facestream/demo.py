@@ -8,7 +8,7 @@ from pathlib import Path
 
 import json
 
-from .app import run_job
+from .app import prepare_job
 from .scenes import demo_scene, photo_path
 from .settings import load_settings
 
@@ -25,7 +25,9 @@ def run_demo(*, output: str, stats: str | None, overrides: list[str], quiet: boo
         clip = Path(tmp) / "demo-input.mp4"
         print("facestream: building the demo clip from packaged photos", file=sys.stderr)
         demo_scene(clip)
-        report = run_job(settings, source=str(clip), output=output, stats_path=stats)
+        from .cli import run_interruptible
+
+        report = run_interruptible(prepare_job(settings, source=str(clip), output=output, stats_path=stats))
     if report.error is not None:
         print(f"facestream: error: {report.error}", file=sys.stderr)
         return report.exit_code

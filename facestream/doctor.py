@@ -9,7 +9,7 @@ from typing import Any
 import av
 import torch
 
-from stages.encoder import hardware_encoder_opens
+from facestream.stages.encoder import hardware_encoder_opens
 
 from . import __version__
 
@@ -41,8 +41,8 @@ def _nvml() -> dict[str, Any]:
 
 def models_found(models_dir: str | None = None) -> dict[str, Any]:
     """Each pack's files: where each was found, or None."""
-    from pipeline.errors import ModelError
-    from stages.models.packs import DLIB_FILES, PACKS, SWAPPER_FILES, dlib_model, find_model, search_dirs
+    from facestream.pipeline.errors import ModelError
+    from facestream.facelib.models.packs import DLIB_FILES, PACKS, SWAPPER_FILES, dlib_model, find_model, search_dirs
 
     out: dict[str, Any] = {"builtin": {}, "insightface": {}, "swapper": None}
     for name, file in DLIB_FILES.items():

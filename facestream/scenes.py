@@ -17,7 +17,7 @@ import av
 import cv2
 import numpy as np
 
-from pipeline.errors import FacestreamError
+from facestream.pipeline.errors import PipelineError
 
 PHOTOS = {
     "group": ("insightface", "data/images/t1.jpg"),
@@ -31,13 +31,13 @@ def photo_path(name: str) -> Path:
     package, rel = PHOTOS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FacestreamError(
+        raise PipelineError(
             f"the photo '{name}' ships with the {package} package, which is not installed "
             f"(pip install 'facestream[demo]')"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / rel
     if not path.is_file():
-        raise FacestreamError(f"the photo '{name}' is missing from the installed {package} package: {path}")
+        raise PipelineError(f"the photo '{name}' is missing from the installed {package} package: {path}")
     return path
 
 

@@ -21,17 +21,43 @@ T = TypeVar("T")
 
 
 class FieldError(ValueError):
-    """Raised by a schema's ``__post_init__`` to reject one field's value."""
+    """Raised by a settings dataclass's ``__post_init__`` to reject one field's value.
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
+    The message names the field, the rule and the value: ``every must be >= 1, got 0``.
+    """
+
+    def __init__(self, field: str, rule: str, value: Any) -> None:
+        super().__init__(f"{field} {rule}, got {value!r}")
         self.field = field
+        self.rule = rule
+        self.value = value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file and the line."""
+def check(ok: bool, field: str, value: Any, rule: str) -> None:
+    """Raise :class:`FieldError` for ``field`` unless ``ok``: one rule, one field, its own value.
+
+    Example:
+        >>> check(3 >= 1, "every", 3, "must be >= 1")
+        >>> check(0 >= 1, "every", 0, "must be >= 1")
+        Traceback (most recent call last):
+        ...
+        facestream.pipeline.config.FieldError: every must be >= 1, got 0
+    """
+    if not ok:
+        raise FieldError(field, rule, value)
+
+
+def positive(obj: Any, *names: str) -> None:
+    """Each named field of ``obj`` that is set must be > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        check(value is None or value > 0, name, value, "must be > 0")
+
+
+def load_yaml(path: Any) -> dict[str, Any]:
+    """Read a YAML mapping from a path (or package data); errors name the file and the line."""
     try:
-        text = Path(path).read_text()
+        text = path.read_text() if hasattr(path, "read_text") else Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
     try:
@@ -127,7 +153,7 @@ def _build_dataclass(cls: type[T], data: Any, prefix: str, layers: Layers) -> T:
         return cls(**kwargs)
     except FieldError as exc:
         path = f"{prefix}.{exc.field}" if prefix else exc.field
-        raise _error(layers, path, f"{exc} (got {kwargs.get(exc.field)!r})") from None
+        raise _error(layers, path, f"{exc.rule}, got {exc.value!r}") from None
     except ValueError as exc:
         raise _error(layers, prefix, str(exc)) from None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class FacestreamError(Exception):
+class PipelineError(Exception):
     """An error with a message fit to show the user as one line, without a traceback.
 
     ``exit_code`` is the process exit status the command line uses for it.
@@ -12,7 +12,7 @@ class FacestreamError(Exception):
     exit_code = 1
 
 
-class ConfigError(FacestreamError):
+class ConfigError(PipelineError):
     """A preset, config file or ``--set`` override is wrong: names the file, key path and value."""
 
     exit_code = 2
@@ -24,19 +24,19 @@ class ConfigError(FacestreamError):
         self.key = key
 
 
-class InputError(FacestreamError):
+class InputError(PipelineError):
     """The input cannot be opened or read (missing, corrupt, not a video, stream gone)."""
 
 
-class OutputError(FacestreamError):
+class OutputError(PipelineError):
     """The output cannot be created or written."""
 
 
-class ModelError(FacestreamError):
+class ModelError(PipelineError):
     """A model file is missing, of the wrong kind, or cannot be loaded."""
 
 
-class StageError(FacestreamError):
+class StageError(PipelineError):
     """A stage raised while the graph was running."""
 
     def __init__(self, stage: str, frames: tuple[int, int] | None, cause: BaseException) -> None:
@@ -46,7 +46,7 @@ class StageError(FacestreamError):
             where = f"stage '{stage}' at frame {frames[0]}"
         else:
             where = f"stage '{stage}' at frames {frames[0]}-{frames[1]}"
-        detail = str(cause) if isinstance(cause, FacestreamError) else f"{type(cause).__name__}: {cause}"
+        detail = str(cause) if isinstance(cause, PipelineError) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"{where} failed: {detail}")
         self.stage = stage
         self.frames = frames

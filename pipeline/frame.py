@@ -21,8 +21,14 @@ class Frame:
         captured_at: Wall-clock time (``time.time()``) at which the frame was decoded or captured.
         image: The picture, ``(H, W, 3)`` uint8 RGB, on the run's device.
         faces: What the analysis stages found (filled by later stages; the runtime never reads it).
+        detected: False when the detection stage skipped this frame on purpose (its objects are
+            predicted by the stage after it); True otherwise.
+        tracks_ended: Ids of the tracks the tracking stage ended at this frame, so that the stages
+            after it can forget what they kept per track.
+        gap_s: Seconds the source was away before this frame (a live stream that reconnected).
         timings: Seconds each stage spent on this frame (a batch's time is shared by its frames).
-        meta: Free-form annotations, e.g. ``{"gap_s": 2.1}`` on the first frame after a reconnect.
+
+    Every field is typed: what one stage hands the next travels here, and nothing flows back.
 
     Example:
         >>> f = Frame(index=0, pts=0, time_base=Fraction(1, 30), captured_at=0.0,
@@ -37,8 +43,10 @@ class Frame:
     captured_at: float
     image: torch.Tensor
     faces: list[Any] = field(default_factory=list)
+    detected: bool = True
+    tracks_ended: frozenset[int] = frozenset()
+    gap_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != torch.uint8:

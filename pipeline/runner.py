@@ -1,5 +1,6 @@
 """The orchestrator: runs each stage in its own thread, joined by bounded channels, supervised
-from an asyncio event loop (uvloop where installed) that owns signals, timers and metrics."""
+from an asyncio event loop (uvloop where installed) that owns timers and metrics. Signals belong to
+the caller: a command line's handler calls :meth:`Pipeline.interrupt`."""
 
 from __future__ import annotations
 
@@ -9,15 +10,53 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+import torch
 
 from .channel import Channel, Policy
-from .errors import Cancelled, FacestreamError, StageError
+from .config import check, positive
+from .errors import Cancelled, PipelineError, StageError
 from .frame import Frame
 from .metrics import GpuSampler, LatencyHistogram, QueueStats, StageStats, current_rss_mb, peak_rss_mb
 from .stage import RunContext, Sink, Source, Stage, Transform
 
 Status = Literal["ok", "error", "interrupted"]
+FlowPolicy = Literal["auto", Policy]
+
+
+@dataclass
+class FlowSettings:
+    """How frames move between stages (the ``flow`` section of a preset).
+
+    Attributes:
+        policy: ``block``: lossless backpressure; ``latest``: drop the oldest frames to bound
+            latency; ``auto``: ``latest`` for live inputs, ``block`` for files.
+        queue_size: Capacity of each queue between two stages.
+        batch_size: Most consecutive frames a batching stage takes at once.
+        max_wait_ms: Longest wait for a batch to fill.
+
+    Example:
+        >>> FlowSettings(policy="latest").resolve(live=False)
+        'latest'
+    """
+
+    policy: FlowPolicy = "auto"
+    queue_size: int = 8
+    batch_size: int = 8
+    max_wait_ms: float = 20.0
+
+    def __post_init__(self) -> None:
+        policies = get_args(FlowPolicy)
+        check(self.policy in policies, "policy", self.policy, f"must be one of {', '.join(policies)}")
+        positive(self, "queue_size", "batch_size")
+        check(self.max_wait_ms >= 0, "max_wait_ms", self.max_wait_ms, "must be >= 0")
+
+    def resolve(self, *, live: bool) -> Policy:
+        """The channel policy for an input that is (or is not) live."""
+        if self.policy == "auto":
+            return "latest" if live else "block"
+        return self.policy
 
 
 @dataclass
@@ -41,7 +80,7 @@ class RunReport:
     """The outcome of a run: its status, the error if any, and the JSON-ready statistics."""
 
     status: Status
-    error: FacestreamError | None
+    error: PipelineError | None
     signal: int | None
     stats: dict[str, Any]
 
@@ -68,7 +107,7 @@ class Pipeline:
 
     Args:
         stages: Source first, sink last.
-        device: The run's device (shared by every stage).
+        device: The run's device (shared by every stage), e.g. ``"cpu"`` or ``torch.device("cuda:0")``.
         policy: ``block`` (lossless backpressure) or ``latest`` (drop the oldest frames when
             downstream falls behind, for live sources).
         queue_size: Capacity of each channel (raised to the consumer's batch size if smaller).
@@ -102,7 +141,7 @@ class Pipeline:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.stages = list(stages)
-        self.ctx = RunContext(device=device)
+        self.ctx = RunContext(device=torch.device(device))
         self.policy = policy
         self.status_interval_s = status_interval_s
         self.on_progress = on_progress
@@ -118,7 +157,7 @@ class Pipeline:
         self.stats = [StageStats(s.name) for s in self.stages]
         self.queue_stats = [QueueStats(ch.name, ch.capacity) for ch in self.channels]
         self.latency = LatencyHistogram()
-        self._error: FacestreamError | None = None
+        self._error: PipelineError | None = None
         self._failed_stage: int | None = None
         self._signal: int | None = None
         self._aborted = False
@@ -135,12 +174,13 @@ class Pipeline:
     # ------------------------------------------------------------------ public API
 
     def run(self) -> RunReport:
-        """Run to the end of the source (or an error, or an interrupt) and report."""
+        """Run to the end of the source (or an error, or a stop) on a new event loop (uvloop where
+        installed) and report. Inside a running loop, ``await pipeline.arun()`` instead."""
         try:
             import uvloop
         except ImportError:  # pragma: no cover - Windows
-            return asyncio.run(self._main())
-        return uvloop.run(self._main())
+            return asyncio.run(self.arun())
+        return uvloop.run(self.arun())
 
     def request_stop(self) -> None:
         """Finish gracefully: the source stops, queued frames drain, the sink finalises."""
@@ -153,35 +193,56 @@ class Pipeline:
         for ch in self.channels:
             ch.cancel()
 
+    def interrupt(self, signum: int) -> None:
+        """A user's interrupt (the caller's signal handler calls this): the first drains and
+        finalises, a second aborts. The report then says ``interrupted`` with that signal."""
+        name = signal.Signals(signum).name
+        if self._signal is None:
+            self._signal = signum
+            self.ctx.log.warning("%s: finishing: flushing queued frames and finalising the output (again to abort)",
+                                 name)
+            self.request_stop()
+        else:
+            self.ctx.log.warning("%s again: aborting", name)
+            self.abort()
+
     # ------------------------------------------------------------------ orchestration
 
-    async def _main(self) -> RunReport:
+    async def arun(self) -> RunReport:
+        """Run inside the current event loop: stage threads do the work while the loop supervises,
+        samples queues and reports progress. A pipeline runs once."""
+        if self._loop is not None:
+            raise RuntimeError("a pipeline runs once; build a new one")
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
-        self._install_signals()
         try:
             await self._in_thread(self._open_all)
-        except FacestreamError as exc:
-            self._remove_signals()
+        except PipelineError as exc:
             return RunReport("error", exc, None, {"status": "error", "error": str(exc)})
-        except BaseException:
-            self._remove_signals()
-            raise
         if self.ctx.device.type == "cuda":
             self._gpu = GpuSampler(self.ctx.device.index or 0)
         self._t0 = time.monotonic()
         self._start_threads()
         ticker = asyncio.ensure_future(self._tick())
+        cancelled = False
         try:
-            await self._done
+            try:
+                await asyncio.shield(self._done)
+            except asyncio.CancelledError:
+                # The awaiting task was cancelled (a service stopping a job, Ctrl-C under
+                # asyncio.run): stop now, but let the sink finalise before passing it on.
+                cancelled = True
+                self.abort()
+                await self._done
         finally:
             ticker.cancel()
             self._t_end = time.monotonic()
-            self._remove_signals()
         await self._in_thread(self._join_threads)
         self._emit_progress(final=True)
         if self._gpu is not None:
             self._gpu.close()
+        if cancelled:
+            raise asyncio.CancelledError
         status: Status = "error" if self._error else ("interrupted" if self._signal else "ok")
         return RunReport(status, self._error, self._signal, self._build_stats(status))
 
@@ -199,7 +260,7 @@ class Pipeline:
             else:
                 loop.call_soon_threadsafe(_settle, fut, result, None)
 
-        threading.Thread(target=target, name="facestream-helper", daemon=True).start()
+        threading.Thread(target=target, name="pipeline-helper", daemon=True).start()
         return await fut
 
     def _open_all(self) -> None:
@@ -207,10 +268,10 @@ class Pipeline:
             for stage in self.stages:
                 try:
                     stage.open(self.ctx)
-                except FacestreamError:
+                except PipelineError:
                     raise
                 except Exception as exc:
-                    raise FacestreamError(
+                    raise PipelineError(
                         f"stage '{stage.name}' could not start: {type(exc).__name__}: {exc}"
                     ) from exc
                 self._opened.append(stage)
@@ -255,7 +316,7 @@ class Pipeline:
             pass
         except BaseException as e:  # noqa: BLE001 - reported to the orchestrator
             exc = e
-            frames = getattr(e, "_facestream_frames", frames)
+            frames = getattr(e, "_pipeline_frames", frames)
         finally:
             if outbox is not None:
                 outbox.close()
@@ -281,7 +342,7 @@ class Pipeline:
             except StopIteration:
                 break
             except BaseException as e:
-                e._facestream_frames = (last + 1, last + 1) if last is not None else None  # type: ignore[attr-defined]
+                e._pipeline_frames = (last + 1, last + 1) if last is not None else None  # type: ignore[attr-defined]
                 raise
             dt = time.perf_counter() - t
             stats.record(1, dt)
@@ -309,7 +370,7 @@ class Pipeline:
                 else:
                     out = stage.process(batch)  # type: ignore[union-attr]
             except BaseException as e:
-                e._facestream_frames = (batch[0].index, batch[-1].index)  # type: ignore[attr-defined]
+                e._pipeline_frames = (batch[0].index, batch[-1].index)  # type: ignore[attr-defined]
                 raise
             dt = time.perf_counter() - t
             stats.record(len(batch), dt)
@@ -340,37 +401,6 @@ class Pipeline:
                 ch.cancel()
         if self._alive == 0 and self._done is not None and not self._done.done():
             self._done.set_result(None)
-
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        assert self._loop is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-                pass
-
-    def _remove_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread() or self._loop is None:
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover
-                pass
-
-    def _on_signal(self, sig: int) -> None:
-        if self._signal is None:
-            self._signal = sig
-            self.ctx.log.warning(
-                "%s: finishing: flushing queued frames and finalising the output (again to abort)",
-                signal.Signals(sig).name,
-            )
-            self.request_stop()
-        else:
-            self.ctx.log.warning("%s again: aborting", signal.Signals(sig).name)
-            self.abort()
 
     async def _tick(self) -> None:
         sample_every = 0.1

@@ -62,7 +62,7 @@ class RunContext:
     source: SourceInfo | None = None
     side: SideChannel[Any] = field(default_factory=SideChannel)
     stop: threading.Event = field(default_factory=threading.Event)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("facestream"))
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger(__package__ or "pipeline"))
 
 
 class Stage:

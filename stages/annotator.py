@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from pipeline.frame import Frame
-from pipeline.stage import Transform
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import Transform
 
-from .media.transfer import to_host
+from facestream.facelib.media.transfer import to_host
 
 
 def _colour(track_id: int | None) -> tuple[int, int, int]:
@@ -23,6 +24,23 @@ def _colour(track_id: int | None) -> tuple[int, int, int]:
     return tuple(int(v) for v in rgb)  # type: ignore[return-value]
 
 
+@dataclass
+class AnnotateSettings:
+    """What the annotator draws (the ``annotate`` section of a preset).
+
+    Attributes:
+        landmarks: Draw dense landmarks.
+        labels: Draw the track id and identity label.
+
+    Example:
+        >>> AnnotateSettings(labels=False).labels
+        False
+    """
+
+    landmarks: bool = True
+    labels: bool = True
+
+
 class Annotator(Transform):
     """Draws each face: its box in its track's colour (dashed where predicted), its five keypoints,
     its landmarks, and a label with the track id and the identity decision.
@@ -30,15 +48,17 @@ class Annotator(Transform):
     Drawing needs host memory; on CUDA runs the frame is copied down, drawn on, and put back.
 
     Args:
-        landmarks: Draw dense landmarks.
-        labels: Draw the id and identity label.
+        settings: What to draw.
+
+    Example:
+        >>> Annotator(AnnotateSettings(landmarks=False)).settings.landmarks
+        False
     """
 
     name = "annotator"
 
-    def __init__(self, *, landmarks: bool = True, labels: bool = True) -> None:
-        self.landmarks = landmarks
-        self.labels = labels
+    def __init__(self, settings: AnnotateSettings | None = None) -> None:
+        self.settings = settings or AnnotateSettings()
         self.faces_drawn = 0
 
     def process(self, frames: list[Frame]) -> list[Frame]:
@@ -67,13 +87,13 @@ class Annotator(Transform):
                 cv2.line(img, (x2, y), (x2, min(y + 4 * scale, y2)), c, scale)
         else:
             cv2.rectangle(img, (x1, y1), (x2, y2), c, 2 * scale, cv2.LINE_AA)
-        if self.landmarks and face.landmarks is not None:
+        if self.settings.landmarks and face.landmarks is not None:
             for x, y in face.landmarks:
                 cv2.circle(img, (int(round(x)), int(round(y))), scale, (255, 255, 255), -1, cv2.LINE_AA)
         if face.kps is not None:
             for x, y in face.kps:
                 cv2.circle(img, (int(round(x)), int(round(y))), 2 * scale, c, -1, cv2.LINE_AA)
-        if self.labels:
+        if self.settings.labels:
             label = "?" if face.track_id is None else f"#{face.track_id}"
             if face.identity:
                 label += f" {face.identity}"

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
 import torch
 
-from pipeline.frame import Frame
-from pipeline.stage import RunContext, Transform
+from facestream.pipeline.config import check
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import RunContext, Transform
 
-from .media.transfer import to_host
-from .models.swappers import Generated
-from .ops.align import footprint, warp_to_regions
-from .ops.lab import match_colour
-from .ops.masks import MOUTH, box_mask, coverage_mask, hull_mask, insightface_mask
+from facestream.facelib.media.transfer import to_host
+from facestream.facelib.models.swappers import Generated
+from facestream.facelib.ops.align import footprint, warp_to_regions
+from facestream.facelib.ops.lab import match_colour
+from facestream.facelib.ops.masks import MOUTH, box_mask, coverage_mask, hull_mask, insightface_mask
 
 MaskKind = Literal["auto", "insightface", "box", "hull"]
 ColourKind = Literal["auto", "none", "lab", "histogram"]
@@ -23,50 +25,61 @@ MASKS: tuple[str, ...] = get_args(MaskKind)
 COLOURS: tuple[str, ...] = get_args(ColourKind)
 
 
+@dataclass
+class BlendSettings:
+    """How generated faces are pasted back (the ``blend`` section of a preset).
+
+    Attributes:
+        mask: ``insightface`` (its paste-back mask), ``box`` (the crop's square, inset and
+            feathered), ``hull`` (the landmarks' hull, feathered), or ``auto``: insightface for
+            inswapper crops, box for anonymised faces, and for the builtin swapper the pixels it
+            actually produced (shrunk and feathered).
+        padding: Inset (box) or growth (hull), as a fraction of the face.
+        feather: Feather width, as a fraction of the face.
+        keep_mouth: Hull masks leave the target's own mouth (speech stays in sync).
+        colour: ``lab`` matches mean and spread in Lab to the target's, ``histogram`` matches each
+            channel's histogram, ``none`` leaves the crop; ``auto``: lab for the builtin swapper.
+        poisson: Poisson blending (``cv2.seamlessClone``, on the CPU): seamless, slower.
+
+    Example:
+        >>> BlendSettings(mask="hull", keep_mouth=True).mask
+        'hull'
+    """
+
+    mask: MaskKind = "auto"
+    padding: float = 0.1
+    feather: float = 0.08
+    keep_mouth: bool = False
+    colour: ColourKind = "auto"
+    poisson: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.mask in MASKS, "mask", self.mask, f"must be one of {', '.join(MASKS)}")
+        check(0 <= self.padding < 0.5, "padding", self.padding, "must be within 0..0.5")
+        check(0 <= self.feather < 0.5, "feather", self.feather, "must be within 0..0.5")
+        check(self.colour in COLOURS, "colour", self.colour, f"must be one of {', '.join(COLOURS)}")
+
+
 class Blender(Transform):
     """Pastes each face's generated crop back with the inverse of its matrix, through a soft mask,
     over the face's frame region only (never a full-frame mask per face).
 
     Args:
-        mask: ``insightface`` (its paste-back mask), ``box`` (the crop's square, inset and
-            feathered), ``hull`` (the landmarks' hull, feathered), or ``auto``: insightface for
-            inswapper crops, box for anonymised faces, and for the builtin swapper the pixels it
-            actually produced (shrunk and feathered).
-        padding, feather: Inset (box) or growth (hull), and feather width, as fractions of the face.
-        keep_mouth: Hull masks leave the target's own mouth (speech stays in sync).
-        colour: ``lab`` matches mean and spread in Lab to the target's, ``histogram`` matches each
-            channel's histogram, ``none`` leaves the crop; ``auto``: lab for the builtin swapper.
-        poisson: Poisson blending (``cv2.seamlessClone``, on the CPU): seamless, slower.
+        settings: Mask, colour matching and Poisson blending.
         watermark: Text drawn in the bottom-right corner of every frame, or ``None``.
+        batch_size, max_wait_ms: Frames per batch and longest wait for a batch to fill.
+
+    Example:
+        >>> blender = Blender(BlendSettings(colour="lab"), watermark="AI-generated")
+        >>> blender.settings.colour, blender.watermark
+        ('lab', 'AI-generated')
     """
 
     name = "blender"
 
-    def __init__(
-        self,
-        *,
-        mask: MaskKind = "auto",
-        padding: float = 0.1,
-        feather: float = 0.08,
-        keep_mouth: bool = False,
-        colour: ColourKind = "auto",
-        poisson: bool = False,
-        watermark: str | None = None,
-        batch_size: int = 1,
-        max_wait_ms: float = 0.0,
-    ) -> None:
-        if mask not in MASKS:
-            raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
-        if colour not in COLOURS:
-            raise ValueError(f"colour must be one of {COLOURS}, got {colour!r}")
-        if not 0 <= padding < 0.5 or not 0 <= feather < 0.5:
-            raise ValueError("padding and feather must be within 0..0.5")
-        self.mask = mask
-        self.padding = padding
-        self.feather = feather
-        self.keep_mouth = keep_mouth
-        self.colour = colour
-        self.poisson = poisson
+    def __init__(self, settings: BlendSettings | None = None, *, watermark: str | None = None,
+                 batch_size: int = 1, max_wait_ms: float = 0.0) -> None:
+        self.settings = settings or BlendSettings()
         self.watermark = watermark
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
@@ -101,20 +114,20 @@ class Blender(Transform):
 
     def _mask(self, face: Any, g: Generated, region: tuple[int, int, int, int]) -> tuple[np.ndarray, str]:
         """The paste-back mask over ``region`` (host, geometry only) and its kind."""
-        kind = self.mask if self.mask != "auto" else {"inswapper": "insightface", "builtin": "coverage"}.get(g.kind, "box")
+        kind = self.settings.mask if self.settings.mask != "auto" else {"inswapper": "insightface", "builtin": "coverage"}.get(g.kind, "box")
         points = g.hull if g.hull is not None else face.landmarks
         if kind == "hull" and points is None:
             kind = "box"
         if kind == "coverage" and g.coverage is None:
             kind = "box"
         if kind == "coverage":
-            mouth = points[MOUTH[len(points)]] if self.keep_mouth and points is not None and len(points) in MOUTH else None
-            return coverage_mask(g.coverage, g.matrix, region, feather=self.feather, mouth=mouth), kind
+            mouth = points[MOUTH[len(points)]] if self.settings.keep_mouth and points is not None and len(points) in MOUTH else None
+            return coverage_mask(g.coverage, g.matrix, region, feather=self.settings.feather, mouth=mouth), kind
         if kind == "insightface":
             return insightface_mask(g.matrix, g.size, region), kind
         if kind == "hull":
-            return hull_mask(points, region, padding=self.padding / 2, feather=self.feather, keep_mouth=self.keep_mouth), kind
-        return box_mask(g.matrix, g.size, region, padding=self.padding, feather=self.feather), kind
+            return hull_mask(points, region, padding=self.settings.padding / 2, feather=self.settings.feather, keep_mouth=self.settings.keep_mouth), kind
+        return box_mask(g.matrix, g.size, region, padding=self.settings.padding, feather=self.settings.feather), kind
 
     def _blend(self, frame: Frame, face: Any, g: Generated, region: tuple[int, int, int, int], gen: torch.Tensor) -> None:
         image = frame.image
@@ -123,14 +136,14 @@ class Blender(Transform):
         orig = image[y0:y1, x0:x1].float()
         m = torch.from_numpy(mask.astype(np.float32)).to(image.device)[..., None]
         out = m * gen + (1 - m) * orig
-        if self.poisson:
+        if self.settings.poisson:
             out = self._poisson(out, orig, mask)
         # insightface truncates to uint8; everything else rounds.
         out = out.floor() if kind == "insightface" else out.round()
         image[y0:y1, x0:x1] = out.clamp(0, 255).to(torch.uint8)
 
     def _corrected(self, g: Generated) -> torch.Tensor:
-        mode = self.colour if self.colour != "auto" else ("lab" if g.kind == "builtin" else "none")
+        mode = self.settings.colour if self.settings.colour != "auto" else ("lab" if g.kind == "builtin" else "none")
         if mode == "none" or g.target is None:
             return g.crop
         # Statistics over the generated face: its non-black pixels (builtin) or the crop's middle.
@@ -167,7 +180,7 @@ class Blender(Transform):
         frame.image[y0:y1, x0:x1] = (alpha * colour + (1 - alpha) * region).round().to(torch.uint8)
 
     def report(self) -> dict[str, Any]:
-        return {"faces": self.faces_pasted, "mask": self.mask, "colour": self.colour, "poisson": self.poisson}
+        return {"faces": self.faces_pasted, "mask": self.settings.mask, "colour": self.settings.colour, "poisson": self.settings.poisson}
 
 
 def _render_watermark(text: str, w: int, h: int, device: torch.device) -> tuple[tuple[int, int, int, int], torch.Tensor, torch.Tensor]:

@@ -2,85 +2,102 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, get_args
 
-from pipeline.frame import Frame
-from pipeline.stage import RunContext, Transform
+from facestream.pipeline.config import check
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import RunContext, Transform
 
-from .face import Face
-from .models.factory import DetectorBackend, ModelConfig, make_detector
+from facestream.facelib.face import Face
+from facestream.facelib.models.factory import BuiltinDetectorModel, DetectorBackend, ModelSettings, make_detector
 
 
-class Detector(Transform):
-    """Fills ``frame.faces`` with box, score, five keypoints (and, with the builtin pack, 68 landmarks).
 
-    With ``every=N`` only every N-th frame is detected (``frame.meta["detected"]`` says which); the
-    tracker fills the frames between from its motion model.
 
-    Args:
-        models: Which pack and how its models run.
+@dataclass
+class DetectorSettings:
+    """Face detection (the ``detector`` section of a preset).
+
+    Attributes:
         input_size: Detector input (width, height) for models without a fixed size.
         score_threshold: Lowest confidence kept.
         nms_threshold: Overlap above which the weaker of two boxes is dropped.
         max_faces: Keep at most this many faces per frame, largest and most central first (0: all).
         min_size: Drop faces whose box is smaller than this many pixels on its shorter side.
-        every: Detect every N-th frame.
+        every: Detect every N-th frame; the tracker predicts the frames between.
         builtin_model: The builtin pack's detector: ``hog`` (fast) or ``mmod`` (CNN, slow on a CPU).
-        upsample: The builtin detector's upsampling steps (1 finds faces down to about 40 px).
+        upsample: The builtin detector's upsampling steps (1 finds faces down to about 40 px, at four
+            times the cost).
+
+    Example:
+        >>> DetectorSettings(every=3).every
+        3
+    """
+
+    input_size: tuple[int, int] = (640, 640)
+    score_threshold: float = 0.5
+    nms_threshold: float = 0.4
+    max_faces: int = 0
+    min_size: float = 0.0
+    every: int = 1
+    builtin_model: BuiltinDetectorModel = "hog"
+    upsample: int = 0
+
+    def __post_init__(self) -> None:
+        check(0 <= self.score_threshold <= 1, "score_threshold", self.score_threshold, "must be within 0..1")
+        check(0 < self.nms_threshold <= 1, "nms_threshold", self.nms_threshold, "must be within (0, 1]")
+        check(self.every >= 1, "every", self.every, "must be >= 1")
+        check(min(self.input_size) >= 32 and not any(v % 32 for v in self.input_size), "input_size",
+              self.input_size, "must be two multiples of 32")
+        for name in ("max_faces", "min_size", "upsample"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        builtin = get_args(BuiltinDetectorModel)
+        check(self.builtin_model in builtin, "builtin_model", self.builtin_model, f"must be one of {', '.join(builtin)}")
+
+
+class Detector(Transform):
+    """Fills ``frame.faces`` with box, score, five keypoints (and, with the builtin pack, 68 landmarks).
+
+    With ``every=N`` only every N-th frame is detected (``frame.detected`` says which); the tracker
+    fills the frames between from its motion model.
+
+    Args:
+        settings: Thresholds, sizes and how often to detect.
+        models: Which pack and how its models run.
         batch_size, max_wait_ms: Frames per batch and longest wait for a batch to fill.
 
     Example:
-        >>> Detector(models=ModelConfig(pack="builtin"), every=3).every
+        >>> Detector(DetectorSettings(every=3), models=ModelSettings(pack="builtin")).settings.every
         3
     """
 
     name = "detector"
 
-    def __init__(
-        self,
-        *,
-        models: ModelConfig,
-        input_size: tuple[int, int] = (640, 640),
-        score_threshold: float = 0.5,
-        nms_threshold: float = 0.4,
-        max_faces: int = 0,
-        min_size: float = 0.0,
-        every: int = 1,
-        builtin_model: Literal["hog", "mmod"] = "hog",
-        upsample: int = 0,
-        batch_size: int = 1,
-        max_wait_ms: float = 0.0,
-    ) -> None:
-        if not 0 <= score_threshold <= 1:
-            raise ValueError(f"score_threshold must be within 0..1, got {score_threshold}")
-        if not 0 < nms_threshold <= 1:
-            raise ValueError(f"nms_threshold must be within (0, 1], got {nms_threshold}")
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        if max_faces < 0 or min_size < 0 or upsample < 0:
-            raise ValueError("max_faces, min_size and upsample must be >= 0")
-        if min(input_size) < 32 or any(s % 32 for s in input_size):
-            raise ValueError(f"input_size must be multiples of 32, got {input_size}")
+    def __init__(self, settings: DetectorSettings | None = None, *, models: ModelSettings,
+                 batch_size: int = 1, max_wait_ms: float = 0.0) -> None:
+        self.settings = settings or DetectorSettings()
         self.models = models
-        self.every = every
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
-        self._kwargs: dict[str, Any] = dict(
-            input_size=tuple(input_size), score_threshold=score_threshold, nms_threshold=nms_threshold,
-            max_faces=max_faces, min_size=min_size, model=builtin_model, upsample=upsample,
-        )
         self._backend: DetectorBackend | None = None
         self.detected_frames = 0
         self.faces_found = 0
 
     def open(self, ctx: RunContext) -> None:
-        self._backend = make_detector(self.models, ctx.device, **self._kwargs)
+        s = self.settings
+        self._backend = make_detector(
+            self.models, ctx.device, input_size=tuple(s.input_size), score_threshold=s.score_threshold,
+            nms_threshold=s.nms_threshold, max_faces=s.max_faces, min_size=s.min_size, model=s.builtin_model,
+            upsample=s.upsample,
+        )
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         assert self._backend is not None
-        todo = [f for f in frames if f.index % self.every == 0]
+        every = self.settings.every
         for f in frames:
-            f.meta["detected"] = f.index % self.every == 0
+            f.detected = f.index % every == 0
+        todo = [f for f in frames if f.detected]
         if todo:
             for frame, det in zip(todo, self._backend.detect([f.image for f in todo])):
                 frame.faces = [
@@ -97,5 +114,5 @@ class Detector(Transform):
         return frames
 
     def report(self) -> dict[str, Any]:
-        return {"pack": self.models.pack, "every": self.every, "detected_frames": self.detected_frames,
+        return {"pack": self.models.pack, "every": self.settings.every, "detected_frames": self.detected_frames,
                 "faces_found": self.faces_found}

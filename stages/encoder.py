@@ -6,28 +6,34 @@ import functools
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import av
 import cv2
 import numpy as np
 import torch
 
-from pipeline.errors import OutputError
-from pipeline.frame import Frame
-from pipeline.stage import RunContext, Sink
+from facestream.pipeline.config import check
+from facestream.pipeline.errors import OutputError
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import RunContext, Sink
 
-from .media.colour import rgb_to_i420, rgb_to_i420_numpy
-from .media.transfer import to_host
+from facestream.facelib.media.colour import rgb_to_i420, rgb_to_i420_numpy
+from facestream.facelib.media.transfer import to_host
 
-log = logging.getLogger("facestream.encoder")
+log = logging.getLogger(__name__)
 
 AudioMode = Literal["copy", "reencode", "none"]
+VideoCodec = Literal["auto", "libx264", "libx265", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"]
+SpeedPreset = Literal[
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"
+]
+VIDEO_CODECS: tuple[str, ...] = get_args(VideoCodec)
 
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm"}
-VIDEO_CODECS = ("auto", "libx264", "libx265", "libvpx-vp9", "h264_nvenc", "hevc_nvenc")
 _CODEC_FAMILY = {
     "libx264": "h264",
     "h264_nvenc": "h264",
@@ -43,9 +49,45 @@ _AUDIO_COPY = {
     "matroska": None,  # anything FFmpeg's muxer lists
 }
 _AUDIO_REENCODE = {"mp4": "aac", "mov": "aac", "webm": "libopus", "matroska": "libopus"}
-_X264_PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"
-)
+
+
+@dataclass
+class EncoderSettings:
+    """How the output is encoded (the ``output`` section of a preset, less what other stages read).
+
+    Attributes:
+        codec: ``auto`` (NVENC where it opens on a CUDA run, else libx264; VP9 for webm), libx264,
+            libx265, libvpx-vp9, h264_nvenc, hevc_nvenc.
+        crf: Constant quality (lower is better; x264/x265 0-51, VP9 0-63, NVENC as ``cq``).
+        preset: Speed preset (x264/x265 names; mapped for VP9 and NVENC).
+        tune: Encoder tune, e.g. ``zerolatency`` for live output (x264/x265).
+        pix_fmt: Output pixel format.
+        audio: ``copy`` (re-encode only what the container cannot take), ``reencode`` or ``none``.
+        faststart: Move the mp4/mov index to the front (one extra pass at the end).
+        fragmented: Write fragmented mp4/mov, playable even if the process is killed.
+        options: Extra encoder options passed to FFmpeg.
+
+    Example:
+        >>> EncoderSettings(crf=0, preset="ultrafast").crf
+        0
+    """
+
+    codec: VideoCodec = "auto"
+    crf: int = 18
+    preset: SpeedPreset = "veryfast"
+    tune: str | None = None
+    pix_fmt: str = "yuv420p"
+    audio: AudioMode = "copy"
+    faststart: bool = False
+    fragmented: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(self.codec in VIDEO_CODECS, "codec", self.codec, f"must be one of {', '.join(VIDEO_CODECS)}")
+        check(0 <= self.crf <= 63, "crf", self.crf, "must be within 0..63")
+        check(self.preset in get_args(SpeedPreset), "preset", self.preset,
+              f"must be one of {', '.join(get_args(SpeedPreset))}")
+        check(self.audio in get_args(AudioMode), "audio", self.audio, f"must be one of {', '.join(get_args(AudioMode))}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,60 +133,27 @@ class Encoder(Sink):
     wrote no frame leaves no file.
 
     Args:
+        settings: How to encode.
         path: Output file; its extension picks the container (.mp4, .mkv, .mov, .webm).
-        codec: ``auto`` (NVENC where it opens on a CUDA run, else libx264; VP9 for webm), libx264,
-            libx265, libvpx-vp9, h264_nvenc, hevc_nvenc.
-        crf: Constant quality (lower is better; x264/x265 0-51, VP9 0-63, NVENC as ``cq``).
-        preset: Speed preset (x264/x265 names; mapped for VP9 and NVENC).
-        tune: Encoder tune, e.g. ``zerolatency`` for live output (x264/x265).
-        pix_fmt: Output pixel format.
-        audio: ``copy`` (re-encode only what the container cannot take), ``reencode`` or ``none``.
-        faststart: Move the mp4/mov index to the front (one extra pass at the end).
-        fragmented: Write fragmented mp4/mov, playable even if the process is killed.
         metadata: Container metadata to write.
-        options: Extra encoder options passed to FFmpeg.
+
+    Example:
+        >>> enc = Encoder(EncoderSettings(preset="ultrafast", crf=0), path="out.mkv")
+        >>> enc.format
+        'matroska'
     """
 
     name = "encoder"
 
-    def __init__(
-        self,
-        *,
-        path: str,
-        codec: str = "auto",
-        crf: int = 18,
-        preset: str = "veryfast",
-        tune: str | None = None,
-        pix_fmt: str = "yuv420p",
-        audio: AudioMode = "copy",
-        faststart: bool = False,
-        fragmented: bool = False,
-        metadata: Mapping[str, str] | None = None,
-        options: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, settings: EncoderSettings | None = None, *, path: str,
+                 metadata: Mapping[str, str] | None = None) -> None:
         ext = Path(path).suffix.lower()
         if ext not in CONTAINERS:
-            raise ValueError(f"output must end in one of {sorted(CONTAINERS)}, got {path!r}")
-        if codec not in VIDEO_CODECS:
-            raise ValueError(f"codec must be one of {VIDEO_CODECS}, got {codec!r}")
-        if not 0 <= crf <= 63:
-            raise ValueError(f"crf must be within 0..63, got {crf}")
-        if preset not in _X264_PRESETS:
-            raise ValueError(f"preset must be one of {_X264_PRESETS}, got {preset!r}")
-        if audio not in ("copy", "reencode", "none"):
-            raise ValueError(f"audio must be 'copy', 'reencode' or 'none', got {audio!r}")
+            raise OutputError(f"output must end in one of {', '.join(sorted(CONTAINERS))}, got {path!r}")
+        self.settings = settings or EncoderSettings()
         self.path = path
         self.format = CONTAINERS[ext]
-        self.codec = codec
-        self.crf = crf
-        self.preset = preset
-        self.tune = tune
-        self.pix_fmt = pix_fmt
-        self.audio = audio
-        self.faststart = faststart
-        self.fragmented = fragmented
         self.metadata = dict(metadata or {})
-        self.options = dict(options or {})
 
         self._container: Any = None
         self._video: Any = None
@@ -166,14 +175,14 @@ class Encoder(Sink):
         out_dir = Path(self.path).resolve().parent
         if not out_dir.is_dir():
             raise OutputError(f"output folder does not exist: {out_dir}")
-        codec = pick_video_codec(self.codec, self.format, ctx.device)
+        codec = pick_video_codec(self.settings.codec, self.format, ctx.device)
         family = _CODEC_FAMILY[codec]
         container_options: dict[str, str] = {}
         movflags = []
         if self.format in ("mp4", "mov"):
-            if self.fragmented:
+            if self.settings.fragmented:
                 movflags.append("+frag_keyframe+empty_moov+default_base_moof")
-            elif self.faststart:
+            elif self.settings.faststart:
                 movflags.append("+faststart")
             if any(k not in ("title", "comment", "description", "copyright", "artist") for k in self.metadata):
                 movflags.append("+use_metadata_tags")
@@ -205,11 +214,11 @@ class Encoder(Sink):
         rate = info.frame_rate or Fraction(30)
         stream = self._container.add_stream(codec, rate=rate)
         stream.width, stream.height = w, h
-        stream.pix_fmt = self.pix_fmt
+        stream.pix_fmt = self.settings.pix_fmt
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
-        options = _codec_options(codec, self.crf, self.preset, self.tune)
-        options.update(self.options)
+        options = _codec_options(codec, self.settings.crf, self.settings.preset, self.settings.tune)
+        options.update(self.settings.options)
         stream.options = options
         cc = stream.codec_context
         cc.color_range = 1  # our RGB->YUV conversion writes limited range
@@ -221,14 +230,14 @@ class Encoder(Sink):
         self._video = stream
 
     def _open_audio(self, templates: list[Any]) -> None:
-        if self.audio == "none":
+        if self.settings.audio == "none":
             return
         allowed = _AUDIO_COPY[self.format]
         supported = self._container.supported_codecs
         for template in templates:
             name = template.codec_context.name
             can_copy = name in supported and (allowed is None or name in allowed)
-            if self.audio == "copy" and can_copy:
+            if self.settings.audio == "copy" and can_copy:
                 out = self._container.add_stream_from_template(template)
                 self._audio_out.append((out, True))
                 continue
@@ -301,7 +310,7 @@ class Encoder(Sink):
                 image = image[:h, :w]
             else:  # the source changed size mid-stream (e.g. after a reconnect)
                 image = torch.from_numpy(cv2.resize(to_host(image), (w, h), interpolation=cv2.INTER_AREA))
-        if self.pix_fmt != "yuv420p":
+        if self.settings.pix_fmt != "yuv420p":
             return av.VideoFrame.from_ndarray(np.ascontiguousarray(to_host(image)), format="rgb24")
         if image.device.type == "cuda":
             i420 = to_host(rgb_to_i420(image))
@@ -332,7 +341,7 @@ class Encoder(Sink):
 
 
 def _codec_options(codec: str, crf: int, preset: str, tune: str | None) -> dict[str, str]:
-    speed = _X264_PRESETS.index(preset)  # 0 = fastest
+    speed = get_args(SpeedPreset).index(preset)  # 0 = fastest
     if codec in ("libx264", "libx265"):
         opts = {"crf": str(min(crf, 51)), "preset": preset}
         if tune:

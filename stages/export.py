@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-from pipeline.errors import OutputError
-from pipeline.frame import Frame
-from pipeline.stage import RunContext, Transform
+from facestream.pipeline.errors import OutputError
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import RunContext, Transform
 
 
 def face_record(face: Any) -> dict[str, Any]:

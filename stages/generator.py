@@ -2,16 +2,79 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from pipeline.errors import ConfigError
-from pipeline.frame import Frame
-from pipeline.stage import RunContext, Transform
+from facestream.facelib.models.factory import AnonymizerStyle, DTypeName, ModelSettings
+from facestream.pipeline.config import positive
+from facestream.pipeline.errors import ConfigError
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import RunContext, Transform
 
-from .models.factory import ModelConfig
 
-Kind = Literal["inswapper", "builtin", "blur", "pixelate", "solid"]
+Kind = Literal["inswapper", "builtin", AnonymizerStyle]
 KINDS: tuple[str, ...] = get_args(Kind)
+
+
+@dataclass
+class MapEntry:
+    """One ``map`` pair: who, in the video, becomes whom.
+
+    Attributes:
+        target: Images (or folders) of the person in the video.
+        source: Images (or folders) of the face they get.
+    """
+
+    target: list[str] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SwapSettings:
+    """Face swapping (the ``swap`` section of a preset).
+
+    Attributes:
+        generator: ``inswapper`` or ``builtin``; ``auto``: inswapper with the insightface pack, the
+            builtin swapper with the builtin pack.
+        source: Images (or folders) of the source person; several images are averaged.
+        map: ``select.mode map``: each target person gets their own source.
+        dtype: The swapper's precision (torch engine); reduced precision is checked against float32
+            first.
+        builtin_size: Side of the builtin swapper's crops.
+
+    Example:
+        >>> SwapSettings(source=["me.jpg"], dtype="float16").dtype
+        'float16'
+    """
+
+    generator: Literal["auto", "inswapper", "builtin"] = "auto"
+    source: list[str] = field(default_factory=list)
+    map: list[MapEntry] = field(default_factory=list)
+    dtype: DTypeName = "float32"
+    builtin_size: int = 192
+
+    def __post_init__(self) -> None:
+        positive(self, "builtin_size")
+
+
+@dataclass
+class AnonymizeSettings:
+    """Hiding faces (the ``anonymize`` section of a preset).
+
+    Attributes:
+        style: ``blur``, ``pixelate`` or ``solid``.
+        strength: 1 hides faces from detectors; more is stronger.
+
+    Example:
+        >>> AnonymizeSettings(style="pixelate").style
+        'pixelate'
+    """
+
+    style: AnonymizerStyle = "blur"
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive(self, "strength")
 
 
 class Generator(Transform):
@@ -28,6 +91,10 @@ class Generator(Transform):
         strength: Anonymisers: 1 hides faces from detectors; more is stronger.
         builtin_size: Side of the builtin swapper's crops.
         batch_size, max_wait_ms: Frames per batch and longest wait for a batch to fill.
+
+    Example:
+        >>> Generator(kind="pixelate", strength=2.0).kind
+        'pixelate'
     """
 
     name = "generator"
@@ -36,7 +103,7 @@ class Generator(Transform):
         self,
         *,
         kind: Kind,
-        models: ModelConfig | None = None,
+        models: ModelSettings | None = None,
         sources: dict[str, list[str]] | None = None,
         strength: float = 1.0,
         builtin_size: int = 192,
@@ -47,9 +114,10 @@ class Generator(Transform):
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         swapping = kind in ("inswapper", "builtin")
         if swapping and not sources:
-            raise ConfigError("swapping needs a source face: --source IMAGE (or swap.source in the preset)")
+            raise ValueError("swapping needs source images")
         if kind == "inswapper" and (models is None or models.pack != "insightface"):
-            raise ConfigError("the inswapper generator needs models.pack insightface (its ArcFace embeds the source)")
+            raise ConfigError("the inswapper generator needs models.pack insightface (its ArcFace embeds the source)",
+                              key="swap.generator")
         self.kind = kind
         self.models = models
         self.sources = sources or {}
@@ -63,8 +131,8 @@ class Generator(Transform):
 
     def open(self, ctx: RunContext) -> None:
         if self.kind == "inswapper":
-            from .embedder import embed_people
-            from .models.swappers import InSwapper
+            from facestream.facelib.models.people import embed_people
+            from facestream.facelib.models.swappers import InSwapper
 
             assert self.models is not None
             path = self.models.path("swapper")
@@ -73,14 +141,14 @@ class Generator(Transform):
             swapper.set_sources(embed_people(self.models, ctx.device, self.sources))
             self._model = swapper
         elif self.kind == "builtin":
-            from .models.swappers import BuiltinSwapper
+            from facestream.facelib.models.swappers import BuiltinSwapper
 
             swapper = BuiltinSwapper(device=ctx.device, size=self.builtin_size)
             swapper.set_sources(self.sources)
             self._model = swapper
             self.model_file = "builtin (dlib 68-point piecewise-affine)"
         else:
-            from .models.swappers import Anonymizer
+            from facestream.facelib.models.swappers import Anonymizer
 
             self._model = Anonymizer(style=self.kind, strength=self.strength)  # type: ignore[arg-type]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.frame import Frame
-from pipeline.stage import Transform
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import Transform
 
 
 class PassThrough(Transform):

@@ -82,7 +82,7 @@ def test_insightface_pack_end_to_end(tmp_path, demo_clip, pack):
         (["--set", "models.dir=EMPTY"], "detector model det_10g.onnx (pack buffalo_l) not found; looked in:"),
         (["--set", "models.detector=SWAPPER"], "is not an SCRFD detector: it takes target[1,3,128,128]"),
         (["--set", "models.engine=tensorflow"], "at models.engine: expected one of 'auto', 'torch', 'onnxruntime'"),
-        (["--set", "detector.every=0"], "at detector.every: every must be > 0"),
+        (["--set", "detector.every=0"], "at detector.every: must be >= 1, got 0"),
     ],
 )
 def test_model_errors_are_one_line(tmp_path, demo_clip, pack, extra, words):

@@ -132,7 +132,7 @@ def test_stage_raising_mid_run_exits_nonzero_with_a_playable_output(tmp_path, cl
     script = textwrap.dedent(
         f"""
         import sys
-        from stages.passthrough import PassThrough
+        from facestream.stages.passthrough import PassThrough
         original = PassThrough.process
         def process(self, frames):
             if any(f.index == 30 for f in frames):

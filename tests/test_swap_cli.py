@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facestream.scenes import GROUP_FACES, load_photo, people_scene
-from stages.models.builtin_pack import DlibDetector
+from facestream.facelib.models.builtin_pack import DlibDetector
 from tests import modelgen
 from tests.conftest import run_cli
 from tests.media import probe

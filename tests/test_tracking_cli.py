@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facestream.scenes import load_photo, people_scene
-from stages.tracking.metrics import mot_metrics
+from facestream.facelib.tracking.metrics import mot_metrics
 from tests.conftest import run_cli
 
 

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from pipeline.channel import Channel, SideChannel
-from pipeline.errors import Cancelled
+from facestream.pipeline.channel import Channel, SideChannel
+from facestream.pipeline.errors import Cancelled
 
 
 def test_block_policy_blocks_the_producer_until_there_is_room():

@@ -1,7 +1,7 @@
 import pytest
 
 from facestream.settings import list_presets, load_settings
-from pipeline.errors import ConfigError
+from facestream.pipeline.errors import ConfigError
 
 
 def test_shipped_presets_load_and_describe_themselves():
@@ -46,7 +46,7 @@ def test_bad_overrides_name_source_key_and_value(override, source, key, words):
 def test_bad_value_in_a_file_names_the_file(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("flow:\n  queue_size: -3\n")
-    with pytest.raises(ConfigError, match=rf"in {cfg} at flow.queue_size: queue_size must be > 0 \(got -3\)"):
+    with pytest.raises(ConfigError, match=rf"in {cfg} at flow.queue_size: must be > 0, got -3"):
         load_settings(config_file=str(cfg))
 
 

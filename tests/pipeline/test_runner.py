@@ -8,12 +8,12 @@ from fractions import Fraction
 import pytest
 import torch
 
-from pipeline.errors import StageError
-from pipeline.frame import Frame
-from pipeline.runner import Pipeline
-from pipeline.stage import RunContext, Sink, Source, SourceInfo, Transform
-from stages.decoder import Decoder
-from stages.encoder import Encoder
+from facestream.pipeline.errors import StageError
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.runner import Pipeline
+from facestream.pipeline.stage import RunContext, Sink, Source, SourceInfo, Transform
+from facestream.stages.decoder import Decoder
+from facestream.stages.encoder import Encoder, EncoderSettings
 from tests.media import probe
 
 CPU = torch.device("cpu")
@@ -126,7 +126,7 @@ def test_batched_stages_keep_order_and_batch_consecutive_frames():
 def test_a_failing_stage_stops_the_graph_and_names_stage_and_frame(tmp_path, clip):
     src = clip("fail.mp4", seconds=4, fps=25, audio="aac")
     out = tmp_path / "out.mp4"
-    report = Pipeline([Decoder(source=str(src)), FailAt(40), Encoder(path=str(out), preset="ultrafast")],
+    report = Pipeline([Decoder(source=str(src)), FailAt(40), Encoder(EncoderSettings(preset="ultrafast"), path=str(out))],
                       device=CPU, queue_size=4).run()
     assert report.status == "error" and report.exit_code != 0
     assert isinstance(report.error, StageError)
@@ -177,8 +177,12 @@ def test_abort_discards_queued_frames_but_still_closes_the_sink():
     pipe = Pipeline([CountingSource(100_000), Slow(0.05), sink], device=CPU, queue_size=8)
     threading.Timer(0.5, pipe.abort).start()
     t = time.monotonic()
-    pipe.run()
+    report = pipe.run()
     assert time.monotonic() - t < 10
+    # Both queues were full (the source is far faster than the slow stage): abort dropped them.
+    stats = report.stats
+    assert stats["frames_in"] - stats["frames_out"] >= 8, stats
+    assert sink.indices == list(range(len(sink.indices))), "what was written is in order, with no gap"
     assert sink.closed
     assert not stage_threads()
 
@@ -222,20 +226,82 @@ def test_pipeline_shape_is_validated():
 
 
 def test_first_interrupt_drains_second_aborts():
-    """Real SIGINTs, handled by the orchestrator's event loop: the first stops the source and lets
-    queued frames drain, a second discards what is left; the sink is closed either way."""
+    """The command line's handler calls ``interrupt`` per real SIGINT: the first stops the source and
+    lets queued frames drain, a second discards what is left; the sink is closed either way."""
     import os
     import signal
+
+    from facestream.app import Job
+    from facestream.cli import run_interruptible
+    from facestream.settings import Settings
 
     sink = Collect()
     pipe = Pipeline([CountingSource(100_000), Slow(0.2), sink], device=CPU, queue_size=8)
     threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
     threading.Timer(0.9, os.kill, (os.getpid(), signal.SIGINT)).start()
     t = time.monotonic()
-    report = pipe.run()
+    report = run_interruptible(Job(pipe, Settings(), "counting", "collect"))
     elapsed = time.monotonic() - t
     assert report.signal == signal.SIGINT and report.exit_code == 130 and report.status == "interrupted"
     assert sink.closed
     # Draining the queued frames would take (8 + 8) x 0.2 s; the abort cut that short.
     assert report.stats["frames_out"] < report.stats["frames_in"]
     assert elapsed < 3.0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is removed afterwards"
+
+
+def test_the_runtime_installs_no_signal_handler():
+    """Signals belong to the caller: a plain ``run()`` leaves SIGTERM alone (asyncio's own runner
+    takes SIGINT to cancel the run, which then aborts and finalises: the test below)."""
+    import signal
+
+    seen = []
+
+    class Peek(Transform):
+        name = "peek"
+
+        def process(self, frames):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            return frames
+
+    Pipeline([CountingSource(3), Peek(), Collect()], device=CPU).run()
+    assert seen and all(h is signal.SIG_DFL for h in seen)
+
+
+def test_cancelling_the_awaiting_task_aborts_and_still_finalises():
+    import asyncio
+
+    sink = Collect()
+
+    async def main():
+        pipe = Pipeline([CountingSource(100_000), Slow(0.05), sink], device=CPU, queue_size=4)
+        task = asyncio.ensure_future(pipe.arun())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return pipe
+
+    pipe = asyncio.run(main())
+    assert sink.closed and 0 < len(sink.indices) < 100
+    assert not stage_threads()
+    assert pipe.stats[0].frames > len(sink.indices), "queued frames were discarded, not drained"
+
+
+def test_pipelines_are_awaited_inside_a_running_loop():
+    """Two pipelines awaited side by side in one event loop (as a web service or a notebook does)."""
+    import asyncio
+
+    sinks = [Collect(), Collect()]
+
+    async def main():
+        pipes = [Pipeline([CountingSource(50), Jitter(f"j{k}"), sink], device=CPU) for k, sink in enumerate(sinks)]
+        return await asyncio.gather(*(p.arun() for p in pipes))
+
+    reports = asyncio.run(main())
+    assert [r.status for r in reports] == ["ok", "ok"]
+    assert all(s.indices == list(range(50)) and s.closed for s in sinks)
+    with pytest.raises(RuntimeError, match="runs once"):
+        pipe = Pipeline([CountingSource(1), Collect()], device=CPU)
+        pipe.run()
+        pipe.run()

@@ -10,13 +10,13 @@ import torch
 from insightface.model_zoo import get_model
 from insightface.utils import face_align
 
-from pipeline.errors import ModelError
-from stages.face import Face
-from stages.models.factory import ModelConfig, make_detector, make_landmarker, make_recognizer
-from stages.models.insightface_pack import ArcFaceModel, EngineOptions, LandmarkModel, ScrfdDetector
-from stages.ops.align import estimate_norm, template, warp_faces, warp_faces_torch
-from stages.ops.detection import nms
-from stages.ops.image import letterbox
+from facestream.pipeline.errors import ModelError
+from facestream.facelib.face import Face
+from facestream.facelib.models.factory import ModelSettings, make_detector, make_landmarker, make_recognizer
+from facestream.facelib.models.insightface_pack import ArcFaceModel, EngineOptions, LandmarkModel, ScrfdDetector
+from facestream.facelib.ops.align import estimate_norm, template, warp_faces, warp_faces_torch
+from facestream.facelib.ops.detection import nms
+from facestream.facelib.ops.image import letterbox
 from facestream.scenes import load_photo
 from tests import modelgen
 from tests.insightface_ref import CPU, RefFace, bgr
@@ -169,7 +169,7 @@ def test_template_shift_for_128():
 
 
 def test_pack_lookup_finds_files_in_models_dir(pack):
-    cfg = ModelConfig(pack="insightface", name="buffalo_l", dir=str(pack))
+    cfg = ModelSettings(pack="insightface", name="buffalo_l", dir=str(pack))
     assert cfg.path("detector") == pack / "det_10g.onnx"
     assert cfg.path("landmarker_3d") == pack / "1k3d68.onnx"
     assert cfg.path("swapper") == pack / "inswapper_128.onnx"
@@ -179,7 +179,7 @@ def test_pack_lookup_finds_files_in_models_dir(pack):
 
 def test_missing_model_names_the_file_and_every_place_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    cfg = ModelConfig(pack="insightface", name="buffalo_s", dir=str(tmp_path / "mine"))
+    cfg = ModelSettings(pack="insightface", name="buffalo_s", dir=str(tmp_path / "mine"))
     with pytest.raises(ModelError) as err:
         make_detector(cfg, torch.device("cpu"))
     msg = str(err.value)
@@ -191,14 +191,14 @@ def test_missing_model_names_the_file_and_every_place_looked(tmp_path, monkeypat
 
 
 def test_wrong_model_names_found_and_expected_signatures(pack):
-    cfg = ModelConfig(pack="insightface", dir=str(pack), files={"detector": str(pack / "inswapper_128.onnx")})
+    cfg = ModelSettings(pack="insightface", dir=str(pack), detector=str(pack / "inswapper_128.onnx"))
     with pytest.raises(ModelError) as err:
         make_detector(cfg, torch.device("cpu"))
     msg = str(err.value)
     assert "inswapper_128.onnx is not an SCRFD detector" in msg
     assert "target[1,3,128,128], source[1,512]" in msg and "looks like a swapper" in msg
     assert "expected an SCRFD detector: one image input [N,3,H,W]" in msg
-    cfg = ModelConfig(pack="insightface", dir=str(pack), files={"recognizer": str(pack / "2d106det.onnx")})
+    cfg = ModelSettings(pack="insightface", dir=str(pack), recognizer=str(pack / "2d106det.onnx"))
     with pytest.raises(ModelError, match=r"data\[\?,3,192,192\] -> fc1\[\?,212\] \(looks like a landmarker\)"):
         make_recognizer(cfg, torch.device("cpu"))
 
@@ -207,7 +207,7 @@ def test_corrupt_model_file(pack, tmp_path):
     bad = tmp_path / "det_10g.onnx"
     bad.write_bytes((pack / "det_10g.onnx").read_bytes()[:5000])
     with pytest.raises(ModelError, match="is not a readable ONNX model"):
-        make_detector(ModelConfig(pack="insightface", dir=str(tmp_path)), torch.device("cpu"))
+        make_detector(ModelSettings(pack="insightface", dir=str(tmp_path)), torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------------------- builtin
@@ -216,7 +216,7 @@ def test_corrupt_model_file(pack, tmp_path):
 def test_builtin_pack_finds_the_faces_in_real_photos():
     from skimage import data
 
-    det = make_detector(ModelConfig(pack="builtin"), torch.device("cpu"))
+    det = make_detector(ModelSettings(pack="builtin"), torch.device("cpu"))
     group = det.detect([torch.from_numpy(load_photo("group"))])[0]
     astronaut = det.detect([torch.from_numpy(np.ascontiguousarray(data.astronaut()))])[0]
     assert len(group.boxes) == 6
@@ -232,7 +232,7 @@ def test_builtin_pack_finds_the_faces_in_real_photos():
 
 
 def test_builtin_embeddings_tell_people_apart():
-    cfg = ModelConfig(pack="builtin")
+    cfg = ModelSettings(pack="builtin")
     det = make_detector(cfg, torch.device("cpu"))
     rec = make_recognizer(cfg, torch.device("cpu"))
     group = load_photo("group")
@@ -256,7 +256,7 @@ def test_builtin_embeddings_tell_people_apart():
 
 
 def test_builtin_mmod_detector_finds_her_face():
-    det = make_detector(ModelConfig(pack="builtin"), torch.device("cpu"), model="mmod")
+    det = make_detector(ModelSettings(pack="builtin"), torch.device("cpu"), model="mmod")
     image = load_photo("astronaut")
     found = det.detect([torch.from_numpy(image)])[0]
     assert len(found.boxes) >= 1
@@ -270,16 +270,16 @@ def test_landmarker_refines_predicted_faces():
     keypoints follow; an observed face keeps what the detector gave it."""
     from fractions import Fraction
 
-    from pipeline.frame import Frame
-    from pipeline.stage import RunContext
-    from stages.landmarker import Landmarker
+    from facestream.pipeline.frame import Frame
+    from facestream.pipeline.stage import RunContext
+    from facestream.stages.landmarker import Landmarker, LandmarkerSettings
 
     image = torch.from_numpy(load_photo("group"))
-    det = make_detector(ModelConfig(pack="builtin"), torch.device("cpu")).detect([image])[0]
+    det = make_detector(ModelSettings(pack="builtin"), torch.device("cpu")).detect([image])[0]
     stale = Face(box=det.boxes[0], score=0.9, kps=det.kps[0] + 12, landmarks=det.landmarks[0] + 12, predicted=True)
     seen = Face(box=det.boxes[1], score=0.9, kps=det.kps[1], landmarks=det.landmarks[1])
     frame = Frame(index=0, pts=0, time_base=Fraction(1, 25), captured_at=0.0, image=image, faces=[stale, seen])
-    stage = Landmarker(models=ModelConfig(pack="builtin"), kind="68", refine_predicted=True)
+    stage = Landmarker(LandmarkerSettings(refine_predicted=True), models=ModelSettings(pack="builtin"), kind="68")
     stage.open(RunContext(device=torch.device("cpu")))
     stage.process([frame])
     np.testing.assert_allclose(stale.landmarks, det.landmarks[0], atol=1.5)

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.errors import InputError
-from stages.media.inputs import resolve_input
+from facestream.pipeline.errors import InputError
+from facestream.facelib.media.inputs import resolve_input
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.runner import Pipeline
-from stages.decoder import Decoder
-from stages.encoder import Encoder
-from stages.media.colour import i420_to_rgb, i420_to_rgb_numpy, rgb_to_i420, rgb_to_i420_numpy
-from stages.passthrough import PassThrough
+from facestream.pipeline.runner import Pipeline
+from facestream.stages.decoder import Decoder, DecoderSettings
+from facestream.stages.encoder import Encoder, EncoderSettings
+from facestream.facelib.media.colour import i420_to_rgb, i420_to_rgb_numpy, rgb_to_i420, rgb_to_i420_numpy
+from facestream.stages.passthrough import PassThrough
 from tests.conftest import all_supported_devices
 from tests.media import flash_times, make_clip, probe
 
@@ -24,7 +24,8 @@ MARKERS = (1.0, 2.52, 3.6)
 def run(src, out, device="cpu", **decoder_kwargs):
     enc_kwargs = decoder_kwargs.pop("encoder", {})
     report = Pipeline(
-        [Decoder(source=str(src), **decoder_kwargs), PassThrough(), Encoder(path=str(out), preset="ultrafast", **enc_kwargs)],
+        [Decoder(DecoderSettings(**decoder_kwargs), source=str(src)), PassThrough(),
+         Encoder(EncoderSettings(**{"preset": "ultrafast", **enc_kwargs}), path=str(out))],
         device=torch.device(device),
         queue_size=4,
     ).run()
@@ -111,7 +112,7 @@ def test_other_encoders(tmp_path, clip, codec, family):
 
 
 def test_nvenc_request_falls_back_to_libx264_with_one_warning(tmp_path, clip, caplog):
-    from stages.encoder import hardware_encoder_opens
+    from facestream.stages.encoder import hardware_encoder_opens
 
     if hardware_encoder_opens("h264_nvenc"):
         pytest.skip("this machine has a working NVENC")
@@ -131,7 +132,8 @@ def test_pixels_survive_a_decode_encode_round_trip(tmp_path, clip):
     with av.open(str(src)) as a, av.open(str(out)) as b:
         fa = [f.to_ndarray(format="rgb24") for f in a.decode(video=0)][:25]
         fb = [f.to_ndarray(format="rgb24") for f in b.decode(video=0)][:25]
-    for x, y in zip(fa, fb):
+    assert len(fa) == len(fb) == 25
+    for x, y in zip(fa, fb, strict=True):
         mse = np.mean((x.astype(np.float64) - y) ** 2)
         assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 40
 
@@ -178,8 +180,11 @@ def test_cuda_run_matches_cpu_run(tmp_path, clip):
     run(src, tmp_path / "cpu.mp4", end=1.0, encoder={"crf": 0})
     run(src, tmp_path / "cuda.mp4", device="cuda", end=1.0, encoder={"crf": 0})
     with av.open(str(tmp_path / "cpu.mp4")) as a, av.open(str(tmp_path / "cuda.mp4")) as b:
-        for fa, fb in zip(a.decode(video=0), b.decode(video=0)):
-            assert np.array_equal(fa.to_ndarray(), fb.to_ndarray())
+        fa = [f.to_ndarray() for f in a.decode(video=0)]
+        fb = [f.to_ndarray() for f in b.decode(video=0)]
+    assert len(fa) == len(fb) == 25, "both runs wrote the whole trimmed second"
+    for x, y in zip(fa, fb, strict=True):
+        assert np.array_equal(x, y)
 
 
 def test_colour_metadata_is_carried(tmp_path):

@@ -13,14 +13,14 @@ from insightface.model_zoo import get_model
 from onnx import TensorProto, helper, numpy_helper
 
 from facestream.scenes import load_photo
-from pipeline.frame import Frame
-from pipeline.stage import RunContext
-from stages.blender import Blender
-from stages.face import Face
-from stages.models.builtin_pack import DlibDetector, DlibRecognizer
-from stages.models.insightface_pack import EngineOptions
-from stages.models.swappers import Anonymizer, BuiltinSwapper, InSwapper
-from stages.ops.align import estimate_norm, footprint
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import RunContext
+from facestream.stages.blender import Blender, BlendSettings
+from facestream.facelib.face import Face
+from facestream.facelib.models.builtin_pack import DlibDetector, DlibRecognizer
+from facestream.facelib.models.insightface_pack import EngineOptions
+from facestream.facelib.models.swappers import Anonymizer, BuiltinSwapper, InSwapper
+from facestream.facelib.ops.align import estimate_norm, footprint
 from tests import modelgen
 from tests.insightface_ref import CPU, RefFace, bgr
 
@@ -35,8 +35,8 @@ def pack(tmp_path_factory):
     return d
 
 
-def blend(frames, faces_per_frame, **kwargs):
-    blender = Blender(**kwargs)
+def blend(frames, faces_per_frame, watermark=None, **settings):
+    blender = Blender(BlendSettings(**settings), watermark=watermark)
     blender.open(RunContext(device=torch.device("cpu")))
     records = [Frame(index=i, pts=i, time_base=Fraction(1, 25), captured_at=0.0, image=img, faces=faces)
                for i, (img, faces) in enumerate(zip(frames, faces_per_frame))]
@@ -165,9 +165,16 @@ def test_float16_that_agrees_is_kept(pack, caplog):
     swapper.set_sources({"s": np.ones(512, np.float32)})
     t = reference_faces(pack, load_photo("group"), n=1)[0]
     face = Face(box=t.bbox, score=1.0, kps=t.kps, identity="s")
+    image = torch.from_numpy(load_photo("group"))
     with caplog.at_level(logging.WARNING):
-        swapper.generate([torch.from_numpy(load_photo("group"))], [0], [face])
+        (half,) = swapper.generate([image], [0], [face])
     assert not swapper.fell_back and not [r for r in caplog.records if "float32" in r.message]
+    full = InSwapper(pack / "inswapper_128.onnx", EngineOptions(engine="torch", dtype="float32"))
+    full.set_sources({"s": np.ones(512, np.float32)})
+    (ref,) = full.generate([image], [0], [face])
+    diff = (half.crop.float() - ref.crop.float()).abs()
+    print(f"float16 against float32: max {diff.max().item():.1f}, mean {diff.mean().item():.3f} levels")
+    assert diff.max() <= 4 and diff.mean() < 0.5, "the kept float16 output is close to float32's"
 
 
 # ---------------------------------------------------------------------------------------------- builtin
@@ -262,7 +269,7 @@ def test_builtin_swapper_renders_the_same_with_the_device_path(group_swap):
     d = DlibDetector().detect([torch.from_numpy(src)])[0]
     from scipy.spatial import Delaunay
 
-    from stages.models.swappers import _Source
+    from facestream.facelib.models.swappers import _Source
 
     source = _Source(torch.from_numpy(src), d.landmarks[0], Delaunay(d.landmarks[0]).simplices)
     for face in faces:
@@ -277,7 +284,7 @@ def test_builtin_swapper_renders_the_same_with_the_device_path(group_swap):
 def test_batched_device_paste_equals_one_face_at_a_time():
     """The GPU paste-back (one grid_sample for all crops of a size), run on the CPU, against one
     grid_sample per face and against OpenCV's warp."""
-    from stages.ops.align import warp_to_region, warp_to_region_torch, warp_to_regions_torch
+    from facestream.facelib.ops.align import warp_to_region, warp_to_region_torch, warp_to_regions_torch
 
     rng = np.random.default_rng(0)
     crops = [torch.from_numpy(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(4)]
@@ -302,7 +309,7 @@ def test_poisson_blending_runs_and_hides_the_seam(group_swap):
     d = DlibDetector().detect([torch.from_numpy(src)])[0]
     from scipy.spatial import Delaunay
 
-    from stages.models.swappers import _Source
+    from facestream.facelib.models.swappers import _Source
 
     swapper.sources["source"] = _Source(torch.from_numpy(src), d.landmarks[0], Delaunay(d.landmarks[0]).simplices)
     frame = torch.from_numpy(image.copy())

@@ -26,12 +26,12 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from stages.models.onnx_torch import OnnxModule, load_model_proto
+from facestream.facelib.models.factory import DTypeName
+from facestream.facelib.models.onnx_torch import OnnxModule, load_model_proto
 
 __all__ = ["Engine", "OrtEngine", "TorchEngine", "create_engine", "default_providers"]
 
 Dim = int | str | None
-DTypeName = Literal["float32", "float16", "bfloat16"]
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from stages.models.engines import Engine, OrtEngine, TorchEngine, create_engine, default_providers
-from stages.models.onnx_torch import ORT_HINT, UnsupportedOperatorError
+from facestream.facelib.models.engines import Engine, OrtEngine, TorchEngine, create_engine, default_providers
+from facestream.facelib.models.onnx_torch import ORT_HINT, UnsupportedOperatorError
 from tests import modelgen
 
 needs_cuda = pytest.mark.needs_cuda

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import InputError
+from facestream.pipeline.errors import InputError
 
 InputKind = Literal["file", "stream", "webcam", "image", "images", "pattern"]
 

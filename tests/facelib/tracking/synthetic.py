@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stages.tracking import ByteTracker
-from stages.tracking.metrics import MotFrame
+from facestream.facelib.tracking import ByteTracker
+from facestream.facelib.tracking.metrics import MotFrame
 
 #: Face boxes are this much taller than wide.
 ASPECT = 1.25

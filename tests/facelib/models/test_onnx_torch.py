@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from stages.models.onnx_torch import ORT_HINT, OnnxModule, UnsupportedOperatorError, load_onnx
+from facestream.facelib.models.onnx_torch import ORT_HINT, OnnxModule, UnsupportedOperatorError, load_onnx
 
 INT_MAX = np.iinfo(np.int64).max
 needs_cuda = pytest.mark.needs_cuda

@@ -1,4 +1,4 @@
-"""The tracker stage and the identity cache on synthetic trajectories with ground truth.
+"""The tracker and selector stages on synthetic trajectories with ground truth.
 
 Embeddings are simulated: each person has a random unit vector, each observation adds noise, and a
 few observations are outliers (another person's vector), as a blurred or half-turned face gives.
@@ -11,30 +11,36 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.frame import Frame
-from pipeline.stage import RunContext, SourceInfo
-from stages.face import Face
-from stages.tracker import Tracker
-from stages.tracking.identity import IdentityCache
-from stages.tracking.metrics import mot_metrics
-from stages.tracking.selection import FaceSelector, IdentityMatcher
-from tests.tracking import synthetic
+from facestream.pipeline.frame import Frame
+from facestream.pipeline.stage import RunContext, SourceInfo
+from facestream.facelib.face import Face
+from facestream.facelib.tracking.identity import EmbedSchedule
+from facestream.facelib.tracking.metrics import mot_metrics
+from facestream.stages.selector import IdentitySettings, SelectSettings, Selector
+from facestream.stages.tracker import Tracker, TrackerSettings
+from tests.facelib.tracking import synthetic
 
 IMAGE = torch.zeros((720, 1280, 3), dtype=torch.uint8)
 
 
-def open_tracker(tracker, fps=30):
+def open_stage(stage, fps=30):
     ctx = RunContext(device=torch.device("cpu"))
     ctx.source = SourceInfo(width=1280, height=720, frame_rate=Fraction(fps), time_base=Fraction(1, fps))
-    tracker.open(ctx)
-    return tracker
+    stage.open(ctx)
+    return stage
+
+
+open_tracker = open_stage
 
 
 class Simulation:
-    """Runs a synthetic sequence through a Tracker stage and a simulated embedder."""
+    """Runs a synthetic sequence through the Tracker stage, a simulated embedder (the real embedder's
+    schedule, simulated vectors) and the Selector stage, in pipeline order."""
 
-    def __init__(self, seq, tracker, *, outliers=0.0, noise=0.15, seed=0, every=1):
+    def __init__(self, seq, tracker, selector=None, *, outliers=0.0, noise=0.15, seed=0, every=1, refresh_frames=15):
         self.seq, self.tracker, self.every = seq, tracker, every
+        self.selector = selector or open_stage(Selector(identity=None))
+        self.schedule = EmbedSchedule(refresh_frames=refresh_frames)
         rng = np.random.default_rng(seed)
         people = sorted(set(seq.persons.values()))
         vecs = rng.normal(size=(len(people), 128))
@@ -52,25 +58,23 @@ class Simulation:
         return (v / np.linalg.norm(v)).astype(np.float32)
 
     def run(self):
-        cache = self.tracker.cache
         for i, sf in enumerate(self.seq):
             faces = [Face(box=b, score=float(s), kps=_kps(b)) for b, s in zip(sf.boxes, sf.scores)]
             gt_of = {id(f): int(g) for f, g in zip(faces, sf.det_gt_ids)}
-            frame = Frame(index=i, pts=i, time_base=Fraction(1, 30), captured_at=0.0, image=IMAGE, faces=faces)
-            frame.meta["detected"] = i % self.every == 0
-            if not frame.meta["detected"]:
+            frame = Frame(index=i, pts=i, time_base=Fraction(1, 30), captured_at=0.0, image=IMAGE, faces=faces,
+                          detected=i % self.every == 0)
+            if not frame.detected:
                 frame.faces = []
             self.tracker.process([frame])
+            self.schedule.forget(frame.tracks_ended)
             for face in frame.faces:  # the embedder's part
-                if face.track_id is None:
+                if face.track_id is None or face.predicted:
                     continue
                 person = self.seq.persons.get(self._gt(face, sf, gt_of))
-                if face.needs_embedding and person is not None:
-                    cache.observe(face.track_id, self.embedding(person), face.quality, i)
+                if person is not None and self.schedule.wants(face.track_id, frame=i, quality=face.quality):
+                    face.embedding = self.embedding(person)
                     self.embedded += 1
-                decided, ident = cache.decision(face.track_id)
-                if decided:
-                    face.identity = ident if self.tracker.selector.big_enough(face) else None
+            self.selector.process([frame])
             self.outputs.append([(self._gt(f, sf, gt_of), f) for f in frame.faces])
         return self
 
@@ -120,12 +124,12 @@ def referenced(seq):
     return (people[0], people[-1])
 
 
-def reference_tracker(seq, *, switch_votes=3):
+def reference_selector(seq, *, switch_votes=3):
+    """A selector in ``reference`` mode whose people are the simulation's vectors of ``referenced``."""
     people = referenced(seq)
-    sim_vectors = Simulation(seq, Tracker(), seed=0).person_vec
-    matcher = IdentityMatcher({f"p{p}": sim_vectors[p] for p in people}, threshold=0.5, identity=None)
-    cache = IdentityCache(decide=matcher, threshold=0.5, switch_votes=switch_votes)
-    return open_tracker(Tracker(selector=FaceSelector(mode="reference", identity=None), cache=cache))
+    sim_vectors = Simulation(seq, Tracker(), selector=Selector(identity=None), seed=0).person_vec
+    return open_stage(Selector(SelectSettings(mode="reference"), IdentitySettings(switch_votes=switch_votes, threshold=0.5),
+                               identity=None, people={f"p{p}": sim_vectors[p] for p in people}))
 
 
 @pytest.mark.parametrize("scenario", ["simple", "crossing", "occlusion", "enter_leave", "misses", "everything"])
@@ -140,7 +144,7 @@ def test_no_id_switches_and_good_mot_metrics(scenario):
 
 def test_a_face_missed_one_frame_in_five_never_blinks_off():
     seq = synthetic.misses(seed=1)
-    sim = Simulation(seq, open_tracker(Tracker(coast_frames=3))).run()
+    sim = Simulation(seq, open_tracker(Tracker(TrackerSettings(coast_frames=3)))).run()
     present = defaultdict(int)
     frames_of = defaultdict(int)
     for sf, out in zip(seq, sim.outputs):
@@ -165,7 +169,7 @@ def test_detecting_every_third_frame_still_gives_every_face_on_every_frame():
 @pytest.mark.parametrize("scenario", ["crossing", "occlusion", "everything"])
 def test_decisions_do_not_flicker_despite_outlier_embeddings(scenario):
     seq = getattr(synthetic, scenario)(seed=0)
-    sim = Simulation(seq, reference_tracker(seq), outliers=0.15).run()
+    sim = Simulation(seq, open_tracker(Tracker()), reference_selector(seq), outliers=0.15).run()
     decisions = sim.decisions_by_visit()
     for visit, ds in decisions.items():
         person = seq.persons[visit]
@@ -179,19 +183,20 @@ def test_decisions_do_not_flicker_despite_outlier_embeddings(scenario):
 def test_without_hysteresis_the_same_outliers_do_flicker():
     """The test above can fail: with switch_votes=1 the decisions follow single noisy frames."""
     seq = synthetic.everything(seed=0)
-    tracker = reference_tracker(seq, switch_votes=1)
-    tracker.cache.refresh_frames = 1  # embed every frame, so outliers reach the mean often
-    sim = Simulation(seq, tracker, outliers=0.45).run()
+    selector = reference_selector(seq, switch_votes=1)
+    # Embed every frame, so outliers reach the mean often.
+    sim = Simulation(seq, open_tracker(Tracker()), selector, outliers=0.45, refresh_frames=1).run()
     assert sum(flips(ds[3:]) for ds in sim.decisions_by_visit().values()) > 0
 
 
 def test_a_returning_person_gets_their_decision_back():
     """enter_leave: person 0 leaves at frame ~50 and returns at 110 under a new track id."""
     seq = synthetic.enter_leave(seed=0)
-    cache = IdentityCache(threshold=0.5, reid_frames=300)
-    selector = FaceSelector(mode="one", order="left-right", identity="swap", rechoose_frames=120)
-    tracker = open_tracker(Tracker(selector=selector, cache=cache))
-    sim = Simulation(seq, tracker, outliers=0.05).run()
+    selector = open_stage(Selector(SelectSettings(mode="one", order="left-right", rechoose_s=4.0),
+                                   IdentitySettings(reid_s=10.0, threshold=0.5), identity="swap"))
+    assert (selector.selector.rechoose_frames, selector.cache.reid_frames) == (120, 300)
+    cache = selector.cache
+    sim = Simulation(seq, open_tracker(Tracker()), selector, outliers=0.05).run()
     decisions = sim.decisions_by_visit()
     visits = sorted(v for v, p in seq.persons.items() if p == 0)
     assert len(visits) == 2, "person 0 really comes back as a new visit"
@@ -226,8 +231,10 @@ def test_each_stream_has_its_own_ids():
 
 
 def test_cache_memory_stays_bounded_over_a_long_churn():
-    cache = IdentityCache(threshold=0.5, reid_frames=100, gallery_size=16)
-    tracker = open_tracker(Tracker(cache=cache, buffer_s=0.2))
+    selector = open_stage(Selector(identity_settings=IdentitySettings(reid_s=100 / 30, threshold=0.5), identity=None))
+    selector.cache.gallery_size = 16
+    cache, schedule = selector.cache, EmbedSchedule()
+    tracker = open_tracker(Tracker(TrackerSettings(buffer_s=0.2)))
     rng = np.random.default_rng(0)
     for i in range(3000):
         # A new face every 10 frames, each staying 20 frames.
@@ -237,11 +244,14 @@ def test_cache_memory_stays_bounded_over_a_long_churn():
             faces.append(Face(box=[x, 100, x + 80, 200], score=0.9, kps=_kps([x, 100, x + 80, 200])))
         frame = Frame(index=i, pts=i, time_base=Fraction(1, 30), captured_at=0.0, image=IMAGE, faces=faces)
         tracker.process([frame])
+        schedule.forget(frame.tracks_ended)
         for f in frame.faces:
-            if f.needs_embedding:
+            if f.track_id is not None and not f.predicted and schedule.wants(f.track_id, frame=i, quality=1.0):
                 v = rng.normal(size=64)
-                cache.observe(f.track_id, (v / np.linalg.norm(v)).astype(np.float32), 1.0, i)
+                f.embedding = (v / np.linalg.norm(v)).astype(np.float32)
+        selector.process([frame])
     assert len(cache.tracks) <= 4 and len(cache.gallery) <= 16 and len(tracker._memory) <= 4
+    assert len(schedule) <= 4 and cache.gallery, "ended tracks reached the gallery"
 
 
 def test_keypoint_smoothing_removes_jitter():
@@ -249,7 +259,7 @@ def test_keypoint_smoothing_removes_jitter():
     base = np.array([100, 100, 180, 200], np.float32)
     raw, smoothed = [], []
     for smooth, out in ((False, raw), (True, smoothed)):
-        tracker = open_tracker(Tracker(smooth=smooth, min_cutoff=1.0, beta=0.0))
+        tracker = open_tracker(Tracker(TrackerSettings(smooth=smooth, min_cutoff=1.0, beta=0.0)))
         rng = np.random.default_rng(0)
         for i in range(120):
             kps = _kps(base) + rng.normal(scale=2.0, size=(5, 2)).astype(np.float32)

@@ -9,9 +9,13 @@ block: an unmodified pixel's chroma survives a decode-encode round trip exactly.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import torch
+
+from .transfer import HostToDevice
 
 # OpenCV's BT.601 limited-range coefficients, scaled by 2**20 (color_yuv.simd.hpp).
 _SHIFT = 20
@@ -78,3 +82,24 @@ def rgb_to_i420(rgb: torch.Tensor) -> torch.Tensor:
     v = (_CBU * rs + _CGV * gs + _CBV * bs + _HALF + (128 << _SHIFT)) >> _SHIFT
     out = torch.cat((y.reshape(-1), u.reshape(-1), v.reshape(-1))).clamp_(0, 255).to(torch.uint8)
     return out.reshape(h * 3 // 2, w)
+
+
+def frame_to_rgb(av_frame: Any, upload: HostToDevice) -> torch.Tensor:
+    """A decoded ``av.VideoFrame`` as ``(H, W, 3)`` uint8 RGB on ``upload``'s device.
+
+    Even-sized limited-range I420 takes OpenCV's SIMD path on the CPU (the I420 planes are uploaded
+    and converted on a GPU); NVDEC frames convert on the device without a host copy; anything else
+    goes through swscale.
+    """
+    fmt = av_frame.format.name
+    if fmt == "cuda":
+        y = torch.from_dlpack(av_frame.planes[0])
+        uv = torch.from_dlpack(av_frame.planes[1])
+        h, w = av_frame.height, av_frame.width
+        return nv12_to_rgb(y[:h, :w], uv[: h // 2, :w]).to(upload.device)
+    if fmt == "yuv420p" and av_frame.width % 2 == 0 and av_frame.height % 2 == 0 and av_frame.color_range != 2:
+        i420 = av_frame.to_ndarray()
+        if upload.device.type == "cpu":
+            return torch.from_numpy(i420_to_rgb_numpy(i420))
+        return i420_to_rgb(upload.upload(i420))
+    return upload.image(av_frame.to_ndarray(format="rgb24"))

@@ -12,6 +12,7 @@ import dlib
 import numpy as np
 import torch
 
+from .factory import BuiltinDetectorModel
 from .insightface_pack import Detections
 from .packs import dlib_model
 
@@ -46,7 +47,7 @@ class DlibDetector:
     def __init__(
         self,
         *,
-        model: Literal["hog", "mmod"] = "hog",
+        model: BuiltinDetectorModel = "hog",
         upsample: int = 0,
         score_threshold: float = 0.5,
         max_faces: int = 0,

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
-import numpy as np
-import torch
+from facestream.pipeline.config import check, positive
 
-from .insightface_pack import Detections, EngineOptions
 from .packs import PACKS, SWAPPER_FILES, find_model
+
+if TYPE_CHECKING:  # the model code (torch, onnx) loads when a model is made, not with the settings
+    import numpy as np
+    import torch
+
+    from .insightface_pack import Detections, EngineOptions
 
 PackName = Literal["builtin", "insightface"]
 EngineName = Literal["auto", "torch", "onnxruntime"]
 LandmarkKind = Literal["2d106", "3d68", "68"]
+DTypeName = Literal["float32", "float16", "bfloat16"]
+BuiltinDetectorModel = Literal["hog", "mmod"]
+AnonymizerStyle = Literal["blur", "pixelate", "solid"]
+PACK_NAMES: tuple[str, ...] = get_args(PackName)
+ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
+DTYPE_NAMES: tuple[str, ...] = get_args(DTypeName)
 
 
 class DetectorBackend(Protocol):
@@ -32,38 +42,52 @@ class RecognizerBackend(Protocol):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Which pack, where its files are, and how its models run.
+class ModelSettings:
+    """Which model pack, where its files are, and how its models run (the ``models`` section).
 
     Attributes:
-        pack: ``builtin`` (dlib, offline, CPU) or ``insightface`` (ONNX files you have).
-        name: The insightface pack folder (buffalo_l, buffalo_m, buffalo_s, antelopev2, or yours).
+        pack: ``builtin`` (dlib's detector, landmarks and embedder: offline, CPU) or ``insightface``
+            (ONNX files you have).
+        name: The insightface pack folder: buffalo_l, buffalo_m, buffalo_s, antelopev2 (or yours).
         dir: A folder looked in first.
-        files: Per-role file name or path overrides (detector, landmarker, recognizer, swapper).
-        engine: ``auto`` (torch on CUDA, onnxruntime on the CPU), ``torch`` or ``onnxruntime``.
+        detector, landmarker, recognizer, swapper: A file name or path for one model.
+        engine: ``auto`` (torch on CUDA: batched, no host round trip; onnxruntime on the CPU),
+            ``torch`` or ``onnxruntime``.
         dtype: Compute precision for the torch engine.
         providers: onnxruntime execution providers (default: the best available).
         threads: onnxruntime intra-op threads.
-        spin: onnxruntime: let idle worker threads spin.
+        spin: onnxruntime: let idle threads spin (faster for one model alone, slower beside other
+            stages).
+
+    Example:
+        >>> ModelSettings(pack="insightface", name="buffalo_s").name
+        'buffalo_s'
     """
 
     pack: PackName = "builtin"
     name: str = "buffalo_l"
     dir: str | None = None
-    files: dict[str, str | None] = field(default_factory=dict)
+    detector: str | None = None
+    landmarker: str | None = None
+    recognizer: str | None = None
+    swapper: str | None = None
     engine: EngineName = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: DTypeName = "float32"
     providers: tuple[str, ...] | None = None
     threads: int | None = None
     spin: bool = False
 
     def __post_init__(self) -> None:
-        if self.pack not in ("builtin", "insightface"):
-            raise ValueError(f"pack must be 'builtin' or 'insightface', got {self.pack!r}")
-        if self.engine not in ("auto", "torch", "onnxruntime"):
-            raise ValueError(f"engine must be auto, torch or onnxruntime, got {self.engine!r}")
+        check(self.pack in PACK_NAMES, "pack", self.pack, f"must be one of {', '.join(PACK_NAMES)}")
+        check(self.engine in ENGINE_NAMES, "engine", self.engine, f"must be one of {', '.join(ENGINE_NAMES)}")
+        check(self.dtype in DTYPE_NAMES, "dtype", self.dtype, f"must be one of {', '.join(DTYPE_NAMES)}")
+        positive(self, "threads")
+        if self.providers is not None:
+            object.__setattr__(self, "providers", tuple(self.providers))
 
     def options(self, device: torch.device) -> EngineOptions:
+        from .insightface_pack import EngineOptions
+
         engine = self.engine if self.engine != "auto" else ("torch" if device.type == "cuda" else "onnxruntime")
         return EngineOptions(engine=engine, device=device, dtype=self.dtype,
                              providers=list(self.providers) if self.providers else None, threads=self.threads,
@@ -71,7 +95,7 @@ class ModelConfig:
 
     def path(self, role: str) -> Path:
         """The file for ``role`` (detector, landmarker, landmarker_3d, recognizer, swapper)."""
-        override = self.files.get("landmarker" if role == "landmarker_3d" else role)
+        override = getattr(self, "landmarker" if role == "landmarker_3d" else role)
         if role == "swapper":
             names: list[str] = list(SWAPPER_FILES)
         else:
@@ -80,7 +104,7 @@ class ModelConfig:
         return find_model(role.replace("_3d", ""), names, pack=self.name, models_dir=self.dir, override=override)
 
 
-def make_detector(cfg: ModelConfig, device: torch.device, **kwargs: Any) -> DetectorBackend:
+def make_detector(cfg: ModelSettings, device: torch.device, **kwargs: Any) -> DetectorBackend:
     """kwargs: input_size, score_threshold, nms_threshold, max_faces, min_size; builtin: model, upsample."""
     builtin_only = ("model", "upsample")
     if cfg.pack == "builtin":
@@ -94,7 +118,7 @@ def make_detector(cfg: ModelConfig, device: torch.device, **kwargs: Any) -> Dete
     return ScrfdDetector(cfg.path("detector"), cfg.options(device), **keep)
 
 
-def make_landmarker(cfg: ModelConfig, device: torch.device, kind: LandmarkKind) -> LandmarkBackend:
+def make_landmarker(cfg: ModelSettings, device: torch.device, kind: LandmarkKind) -> LandmarkBackend:
     if cfg.pack == "builtin":
         from .builtin_pack import DlibLandmarks
 
@@ -104,7 +128,7 @@ def make_landmarker(cfg: ModelConfig, device: torch.device, kind: LandmarkKind) 
     return LandmarkModel(cfg.path("landmarker_3d" if kind == "3d68" else "landmarker"), cfg.options(device))
 
 
-def make_recognizer(cfg: ModelConfig, device: torch.device) -> RecognizerBackend:
+def make_recognizer(cfg: ModelSettings, device: torch.device) -> RecognizerBackend:
     if cfg.pack == "builtin":
         from .builtin_pack import DlibRecognizer
 

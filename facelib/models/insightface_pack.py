@@ -42,7 +42,7 @@ class EngineOptions:
                 providers=providers, threads=self.threads, model=model, spin=self.spin,
             )
         except ValueError as exc:  # UnsupportedOperatorError included: its message suggests onnxruntime
-            from pipeline.errors import ModelError
+            from facestream.pipeline.errors import ModelError
 
             raise ModelError(f"models.{role}: {path.name}: {exc}") from None
 

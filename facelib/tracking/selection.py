@@ -5,7 +5,7 @@
 - ``reference``: faces whose track matches a reference image (cosine >= threshold) get the source.
 - ``map``: each reference person gets their own source identity.
 
-``all`` and ``one`` are decided from geometry on every frame by the tracker stage; ``reference`` and
+``all`` and ``one`` are decided from geometry on every frame by the selector stage; ``reference`` and
 ``map`` from each track's mean embedding, through the identity cache (with its hysteresis).
 """
 
@@ -96,7 +96,7 @@ class FaceSelector:
         if self.mode == "all":
             for f in tracked:
                 if not cache.decision(f.track_id)[0]:
-                    cache.assign(f.track_id, self.identity, frame)
+                    cache.assign(f.track_id, self.identity)
         elif self.mode == "one" and self.identity is not None:
             holding = [f for f in tracked if cache.decision(f.track_id) == (True, self.identity)]
             if holding:
@@ -105,7 +105,7 @@ class FaceSelector:
                 candidates = [f for f in tracked if self.big_enough(f)]
                 if candidates:
                     chosen = sorted(candidates, key=sort_key(self.order, frame_wh))[0]
-                    cache.assign(chosen.track_id, self.identity, frame)
+                    cache.assign(chosen.track_id, self.identity)
                     self._last_held = frame
         for f in faces:
             if f.track_id is None:

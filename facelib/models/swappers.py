@@ -9,20 +9,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import InputError, ModelError
+from facestream.pipeline.errors import InputError, ModelError
 
 from ..ops.align import estimate_norm, warp_faces
+from .factory import AnonymizerStyle
 from .insightface_pack import EngineOptions
 from .packs import load_checked
 
-log = logging.getLogger("facestream.generator")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -155,7 +156,7 @@ class BuiltinSwapper:
         """Identity -> images; the best view (largest, most confident face) of each person is used."""
         from scipy.spatial import Delaunay
 
-        from ..embedder import read_rgb
+        from ..media.stills import read_rgb
 
         for name, paths in people.items():
             best = None
@@ -240,10 +241,10 @@ class Anonymizer:
         expand: The square's side relative to the face box's longer side.
     """
 
-    def __init__(self, *, style: Literal["blur", "pixelate", "solid"] = "blur", strength: float = 1.0,
+    def __init__(self, *, style: AnonymizerStyle = "blur", strength: float = 1.0,
                  expand: float = 1.6) -> None:
-        if style not in ("blur", "pixelate", "solid"):
-            raise ValueError(f"style must be blur, pixelate or solid, got {style!r}")
+        if style not in get_args(AnonymizerStyle):
+            raise ValueError(f"style must be one of {get_args(AnonymizerStyle)}, got {style!r}")
         if strength <= 0 or expand < 1:
             raise ValueError("strength must be > 0 and expand >= 1")
         self.style = style

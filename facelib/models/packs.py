@@ -13,11 +13,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import onnx
+from facestream.pipeline.errors import ModelError
 
-from pipeline.errors import ModelError
+if TYPE_CHECKING:
+    import onnx
 
 Role = Literal["detector", "landmarker", "recognizer", "swapper"]
 Dim = int | str | None
@@ -188,6 +189,8 @@ def check_signature(role: str, path: Path, model: onnx.ModelProto) -> Signature:
 
 def load_checked(role: str, path: Path) -> tuple[onnx.ModelProto, Signature]:
     """Parse an ONNX file for ``role``; errors for unreadable and wrong files name the file."""
+    import onnx
+
     try:
         model = onnx.load_model(str(path), load_external_data=True)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stages.tracking import OneEuroFilter
+from facestream.facelib.tracking import OneEuroFilter
 
 #: Keypoint-like settings: 0.3 Hz at rest, +0.02 Hz per pixel per second of speed.
 MIN_CUTOFF, BETA = 0.3, 0.02
@@ -122,7 +122,7 @@ def test_parameters_are_keyword_only() -> None:
 def test_bank_equals_one_filter_per_key() -> None:
     """The vectorised bank gives each key exactly what its own OneEuroFilter gives, with keys that
     come and go and skip frames."""
-    from stages.tracking.smoothing import OneEuroBank, OneEuroFilter
+    from facestream.facelib.tracking.smoothing import OneEuroBank, OneEuroFilter
 
     rng = np.random.default_rng(0)
     bank = OneEuroBank(min_cutoff=1.2, beta=0.05)

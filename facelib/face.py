@@ -21,14 +21,13 @@ class Face:
         kps: ``(5, 2)`` keypoints in insightface order: left eye, right eye, nose tip, left and right
             mouth corners (left/right as seen in the image), or ``None``.
         landmarks: ``(N, 2)`` dense landmarks (68 or 106 points), or ``None``.
-        embedding: ``(D,)`` L2-normalised identity embedding, or ``None``.
+        embedding: ``(D,)`` L2-normalised identity embedding (fresh from the embedder, or the track's
+            running mean from the selector), or ``None``.
         track_id: Persistent id given by the tracker, or ``None`` before tracking.
         identity: The per-track decision: the name of the source identity this face gets, or
             ``None`` to leave it alone.
-        quality: How good a view this is for identity (higher is better), set by the embedder.
+        quality: How good a view this is for identity (higher is better), set by the tracker.
         predicted: True where the box came from the tracker's motion model, not the detector.
-        needs_embedding: The tracker's word on whether this face must be embedded now (``None``
-            without a tracker: embed it).
         generated: The generator's output for this face (a crop and its matrix), for the blender.
 
     Example:
@@ -46,7 +45,6 @@ class Face:
     identity: str | None = None
     quality: float = 0.0
     predicted: bool = False
-    needs_embedding: bool | None = None
     generated: Any = None
 
     def __post_init__(self) -> None:
@@ -71,3 +69,21 @@ class Face:
     @property
     def area(self) -> float:
         return max(self.width, 0.0) * max(self.height, 0.0)
+
+
+def face_quality(face: Face) -> float:
+    """How good a view this is for identity: confidence x size (up to 112 px) x frontality."""
+    kps = None if face.kps is None else face.kps[None]
+    return float(qualities(face.box[None], np.array([face.score], np.float32), kps)[0])
+
+
+def qualities(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray | None) -> np.ndarray:
+    """:func:`face_quality` for ``(N, 4)`` boxes, ``(N,)`` scores and ``(N, 5, 2)`` keypoints."""
+    size = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    q = scores * np.clip(size / 112.0, 0.0, 1.0)
+    if kps is not None:
+        left, right, nose = kps[:, 0], kps[:, 1], kps[:, 2]
+        half = np.maximum(np.linalg.norm(right - left, axis=1) / 2, 1e-3)
+        off = np.abs(nose[:, 0] - (left[:, 0] + right[:, 0]) / 2) / half
+        q = q * (0.5 + 0.5 * np.clip(1.0 - off, 0.0, None))
+    return q
