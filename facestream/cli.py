@@ -166,7 +166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .settings import list_presets
+    from .presets import list_presets
 
     presets = list_presets()
     width = max(len(n) for n in presets)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from importlib.abc import Traversable
 from typing import Literal
 
@@ -18,6 +17,7 @@ from facestream.pipeline.config import FieldError, Layers, build, check, load_ya
 from facestream.pipeline.errors import ConfigError
 from facestream.pipeline.progress import Mode as ProgressMode
 from facestream.pipeline.runner import FlowSettings
+from facestream.presets import is_preset, list_presets, preset_path
 from facestream.stages.annotator import AnnotateSettings
 from facestream.stages.blender import BlendSettings
 from facestream.stages.decoder import DecoderSettings
@@ -115,27 +115,6 @@ class Settings:
         positive(self, "threads")
 
 
-def _presets() -> Traversable:
-    return resources.files("facestream.config")
-
-
-def preset_path(name: str) -> Traversable:
-    """The YAML file of a shipped preset (package data)."""
-    return _presets() / f"{name}.yaml"
-
-
-def list_presets() -> dict[str, str]:
-    """Shipped preset names and their one-line descriptions."""
-    out = {}
-    for path in sorted(_presets().iterdir(), key=lambda p: p.name):
-        if not path.name.endswith(".yaml"):
-            continue
-        data = load_yaml(path)
-        desc = str(data.get("description", "")).strip()
-        out[path.name[: -len(".yaml")]] = desc.splitlines()[0] if desc else ""
-    return out
-
-
 def load_settings(
     *, preset: str | None = None, config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Settings:
@@ -156,7 +135,7 @@ def load_settings(
     else:
         name = preset or "offline"
         path = preset_path(name)
-        if not re.fullmatch(r"[\w-]+", name) or not path.is_file():
+        if not is_preset(name):
             raise ConfigError(f"no preset named '{name}' (available: {', '.join(list_presets())})")
         _add_file(layers, path, seen=set())
     for text in overrides:
@@ -174,7 +153,7 @@ def _add_file(layers: Layers, path: str | Traversable, *, seen: set[str]) -> Non
     data = load_yaml(path)
     base = data.pop("base", None)
     if base is not None:
-        if not isinstance(base, str) or not re.fullmatch(r"[\w-]+", base) or not preset_path(base).is_file():
+        if not isinstance(base, str) or not is_preset(base):
             raise ConfigError(f"base must name a preset ({', '.join(list_presets())}), got {base!r}", source=label,
                               key="base")
         _add_file(layers, preset_path(base), seen=seen)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -14,10 +14,12 @@ from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext, Transform
 
 from facestream.facelib.media.transfer import to_host
-from facestream.facelib.models.swappers import Generated
 from facestream.facelib.ops.align import footprint, warp_to_regions
 from facestream.facelib.ops.lab import match_colour
 from facestream.facelib.ops.masks import MOUTH, box_mask, coverage_mask, hull_mask, insightface_mask
+
+if TYPE_CHECKING:
+    from facestream.facelib.models.swappers import Generated
 
 MaskKind = Literal["auto", "insightface", "box", "hull"]
 ColourKind = Literal["auto", "none", "lab", "histogram"]

@@ -30,6 +30,10 @@ class FacesJsonl(Transform):
     Args:
         path: The file to write (replaced).
         landmarks: Also write each face's dense landmarks.
+
+    Example:
+        >>> FacesJsonl(path="faces.jsonl", landmarks=True).report()
+        {'path': 'faces.jsonl', 'lines': 0}
     """
 
     name = "faces_jsonl"

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from facestream.facelib.models.builtin_pack import kps_from_68
 from facestream.facelib.models.factory import LandmarkBackend, LandmarkKind, ModelSettings, make_landmarker
 from facestream.facelib.tracking.smoothing import OneEuroBank
 from facestream.pipeline.frame import Frame
@@ -77,6 +76,8 @@ class Landmarker(Transform):
         if todo:
             boxes = np.stack([face.box for _, face in todo])
             points = self._backend.predict([f.image for f in frames], [fi for fi, _ in todo], boxes)
+            from facestream.facelib.models.builtin_pack import kps_from_68
+
             for (_, face), p in zip(todo, points):
                 face.landmarks = p
                 if face.predicted and len(p) == 68:

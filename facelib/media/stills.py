@@ -29,7 +29,7 @@ class Stills:
 
     Example:
         >>> stills = Stills(["face.png"], fps=25, duration_s=2.0, looped=True)  # doctest: +SKIP
-        >>> stills.count
+        >>> stills.count  # doctest: +SKIP
         50
     """
 

@@ -37,7 +37,6 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from .kalman import KalmanBoxFilter, xyah_to_xyxy, xyxy_to_xyah
 
@@ -198,6 +197,8 @@ def assign(cost: np.ndarray, thresh: float) -> tuple[np.ndarray, np.ndarray]:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty.copy()
     acceptable = cost <= thresh
+    from scipy.optimize import linear_sum_assignment  # loaded on first use (start-up)
+
     rows, cols = linear_sum_assignment(np.where(acceptable, cost - thresh - _TIE_SLACK, 0.0))
     keep = acceptable[rows, cols]
     return rows[keep].astype(np.int64), cols[keep].astype(np.int64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -66,7 +67,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("wheel")
     wheels = work / "wheels"
     py = sys.executable
-    _run([py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], cwd=work)
+    # Built from a copy of the sources: setuptools leaves a build/ folder beside what it builds.
+    source = work / "facestream-src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "tests", "bench", ".cache"))
+    _run([py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], cwd=work)
     for name, package in (("other-config", "config"), ("other-pipeline", "pipeline")):
         _run([py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
               str(_tiny_distribution(work / "src", name, package))], cwd=work)

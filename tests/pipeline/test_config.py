@@ -1,6 +1,7 @@
 import pytest
 
-from facestream.settings import list_presets, load_settings
+from facestream.presets import list_presets
+from facestream.settings import load_settings
 from facestream.pipeline.errors import ConfigError
 
 
@@ -67,3 +68,36 @@ def test_broken_yaml_names_file_and_line(tmp_path):
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(ConfigError, match="no preset named 'fast'.*offline"):
         load_settings(preset="fast")
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("blend.feather=0.7", "blend.feather", "0.7"),
+        ("blend.padding=-0.1", "blend.padding", "-0.1"),
+        ("detector.max_faces=-1", "detector.max_faces", "-1"),
+        ("detector.upsample=-2", "detector.upsample", "-2"),
+        ("tracker.beta=-1", "tracker.beta", "-1.0"),
+        ("tracker.coast_frames=-1", "tracker.coast_frames", "-1"),
+        ("select.rechoose_s=-3", "select.rechoose_s", "-3.0"),
+        ("input.end=0", "input.end", "0.0"),
+        ("identity.reid_s=-1", "identity.reid_s", "-1.0"),
+        ("models.threads=0", "models.threads", "0"),
+    ],
+)
+def test_every_error_names_its_own_key_and_value(override, key, value):
+    with pytest.raises(ConfigError) as err:
+        load_settings(overrides=[override])
+    assert f"in --set {override} at {key}: " in str(err.value)
+    assert str(err.value).endswith(f", got {value}")
+
+
+def test_option_lists_come_from_one_place():
+    """The encoder's speed presets are the settings' presets: every one the encoder knows loads."""
+    from typing import get_args
+
+    from facestream.stages.encoder import EncoderSettings, SpeedPreset
+
+    for preset in get_args(SpeedPreset):
+        assert load_settings(overrides=[f"output.preset={preset}"]).output.preset == preset
+    assert load_settings(overrides=["output.preset=placebo"]).output.encoder() == EncoderSettings(preset="placebo")
