@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (same as --set device=DEV)")
     run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
     run.add_argument("--faces-jsonl", metavar="FILE.jsonl", help="write every frame's faces as JSON lines")
-    run.add_argument("--source", nargs="+", metavar="IMAGE", help="swap: images (or a folder) of the source face")
+    run.add_argument("--source", action="append", default=[], metavar="IMAGE",
+                     help="swap: an image (or a folder) of the source face (repeatable: the faces are averaged)")
     run.add_argument("--map", action="append", default=[], metavar="TARGET=SOURCE",
                      help="swap: the person in TARGET (image or folder) gets the face in SOURCE (repeatable)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")

@@ -161,6 +161,8 @@ class Encoder(Sink):
         self._ctx: RunContext | None = None
         self._size = (0, 0)
         self._last_pts: int | None = None
+        self._last_time = 0.0
+        self._frame_dt = 1 / 30
         self.frames_written = 0
         self.pts_repaired = 0
         self.codec_used: str | None = None
@@ -172,6 +174,8 @@ class Encoder(Sink):
         info = ctx.source
         if info is None:
             raise OutputError("the encoder needs an open source")
+        if info.frame_rate:
+            self._frame_dt = float(1 / info.frame_rate)
         out_dir = Path(self.path).resolve().parent
         if not out_dir.is_dir():
             raise OutputError(f"output folder does not exist: {out_dir}")
@@ -265,6 +269,7 @@ class Encoder(Sink):
             for packet in self._video.encode(av_frame):
                 self._container.mux(packet)
             self.frames_written += 1
+            self._last_time = frame.time
             self._mux_side(until=frame.time)
 
     def close(self) -> None:
@@ -274,7 +279,11 @@ class Encoder(Sink):
             if self.frames_written:
                 for packet in self._video.encode(None):
                     self._container.mux(packet)
-                self._mux_side(until=None)
+                # Audio ends with the video: whatever the source had beyond the last frame written
+                # (read ahead, or left by an interrupted run) is dropped.
+                self._mux_side(until=self._last_time + self._frame_dt)
+                assert self._ctx is not None
+                self._ctx.side.take_all()
                 for stream, copied in self._audio_out:
                     if not copied:
                         for packet in stream.encode(None):

@@ -191,3 +191,12 @@ def probe(path: str | Path, *, markers: bool = False) -> Probe:
 def flash_times(p: Probe, threshold: float = 150.0) -> list[float]:
     """Times of the bright marker frames in a probe made with ``markers=True``."""
     return [t for t, m in zip(p.video_times, p.frame_means) if m > threshold]
+
+
+def av_end_gap(p: Probe, fps: float) -> float:
+    """Seconds between the end of the audio and the end of the video (last frame + one frame)."""
+    assert p.video_times and p.audio_start is not None and p.audio_duration is not None
+    return abs((p.audio_start + p.audio_duration) - (p.video_times[-1] + 1 / fps))
+
+
+AUDIO_FRAME_S = 1024 / 48000  # one AAC frame of the test clips

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from tests.media import make_clip, probe
+from tests.media import AUDIO_FRAME_S, av_end_gap, make_clip, probe
 
 
 def one_error_line(proc):
@@ -148,26 +148,14 @@ def test_stage_raising_mid_run_exits_nonzero_with_a_playable_output(tmp_path, cl
     assert "stage 'passthrough' at frame 30 failed: ValueError: bad pixels" in one_error_line(proc)
     p = probe(out)
     assert p.frames == 30 and p.audio_streams == ["aac"]
+    assert av_end_gap(p, 25) <= 1 / 25 + AUDIO_FRAME_S, "audio and video end together"
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_flushes_and_finalises(tmp_path, clip, sig, code):
     src = clip("long.mp4", seconds=20, fps=25)
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facestream", "run", str(src), "-o", str(out), "--stats", str(stats),
-         "--set", "input.realtime=true", "--set", "stats.progress=lines", "--set", "stats.interval_s=0.2"],
-        stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    # Wait until frames are flowing (a status line appears), then interrupt.
-    deadline = time.monotonic() + 60
-    assert proc.stderr is not None
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if "frames" in line:
-            break
-    time.sleep(1.0)
-    proc.send_signal(sig)
+    proc = _interrupted_run(src, out, stats, [sig])
     rest = proc.stderr.read()
     assert proc.wait(timeout=30) == code
     assert "Traceback" not in rest
@@ -177,6 +165,64 @@ def test_signal_flushes_and_finalises(tmp_path, clip, sig, code):
     p = probe(out)
     assert 25 <= p.frames == data["frames_out"] < 400
     assert p.audio_streams == ["aac"]
+    assert av_end_gap(p, 25) <= 1 / 25 + AUDIO_FRAME_S, "audio and video end together"
+
+
+def test_second_interrupt_aborts_and_audio_still_ends_with_the_video(tmp_path, clip):
+    src = clip("long.mp4", seconds=20, fps=25)
+    out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
+    # A slow stage keeps frames queued, so the second interrupt has frames to discard.
+    proc = _interrupted_run(src, out, stats, [signal.SIGINT, signal.SIGINT], "--set", "flow.queue_size=30",
+                            "--set", "input.realtime=false", slow_s=0.02)
+    proc.stderr.read()
+    assert proc.wait(timeout=30) == 130
+    data = json.loads(stats.read_text())
+    assert data["status"] == "interrupted" and data["frames_out"] < data["frames_in"]
+    p = probe(out)
+    assert p.frames == data["frames_out"] > 0
+    assert av_end_gap(p, 25) <= 1 / 25 + AUDIO_FRAME_S, "audio and video end together"
+
+
+def test_a_finished_run_ends_audio_with_the_video(tmp_path, clip):
+    src = clip("long.mp4", seconds=20, fps=25)
+    out = tmp_path / "out.mp4"
+    proc = run_cli("run", str(src), "-o", str(out), "-q", "--set", "input.end=3.3", "--set", "output.preset=ultrafast")
+    assert proc.returncode == 0, proc.stderr
+    p = probe(out)
+    assert p.frames == 83 and av_end_gap(p, 25) <= 1 / 25 + AUDIO_FRAME_S
+
+
+def _interrupted_run(src, out, stats, signals, *extra, slow_s=0.0):
+    """``facestream run`` in a subprocess (paced in real time by default), interrupted once frames flow."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from facestream.stages.passthrough import PassThrough
+        original = PassThrough.process
+        def process(self, frames):
+            time.sleep({slow_s})
+            return original(self, frames)
+        PassThrough.process = process
+        from facestream.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "run", str(src), "-o", str(out), "--stats", str(stats),
+         "--set", "input.realtime=true", "--set", "stats.progress=lines", "--set", "stats.interval_s=0.2", *extra],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    # Wait until frames are flowing (a status line appears), then interrupt.
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "fps" in line:
+            break
+    time.sleep(1.0)
+    for k, sig in enumerate(signals):
+        if k:
+            time.sleep(0.2)
+        proc.send_signal(sig)
+    return proc
 
 
 def test_memory_stays_flat_over_a_long_video(tmp_path):
@@ -193,3 +239,11 @@ def test_memory_stays_flat_over_a_long_video(tmp_path):
         peaks[name] = data["peak_rss_mb"]
     print(f"peak RSS: 300 frames {peaks['short']:.1f} MiB, 3000 frames {peaks['long']:.1f} MiB")
     assert peaks["long"] <= 1.10 * peaks["short"]
+
+
+def test_the_input_may_stand_anywhere_among_the_options():
+    from facestream.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--preset", "swap", "--source", "a.png", "clip.mp4", "-o", "out.mp4",
+                                      "--source", "b.png", "--map", "t.png=s.png"])
+    assert args.input == "clip.mp4" and args.source == ["a.png", "b.png"] and args.map == ["t.png=s.png"]

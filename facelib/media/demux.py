@@ -121,8 +121,13 @@ class Demuxer:
         video_done = False
         t_wall0 = time.monotonic()
         for packet in self.container.demux(vs, *self.audio):
-            if self.should_stop():
-                return
+            if self.should_stop() and not video_done:
+                if self.live or not self.audio or not produced:
+                    return
+                # A file stopped early: read on only for the audio of the frames already produced,
+                # so that audio and video end together.
+                video_done = True
+                limit = self.last_time + self.frame_dt
             if packet.stream.type == "audio":
                 shift = file_clock.origin if file_clock else (clock.shift() if clock else None)
                 if packet.pts is None or packet.dts is None or shift is None:
@@ -171,7 +176,7 @@ class Demuxer:
                     self.first_frame = av_frame
                 produced += 1
                 yield rel, av_frame
-                if self.should_stop():
+                if self.should_stop() and (self.live or not self.audio):
                     return
             if video_done and (not self.audio or all(audio_done)):
                 return

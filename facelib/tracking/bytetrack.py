@@ -197,7 +197,7 @@ def assign(cost: np.ndarray, thresh: float) -> tuple[np.ndarray, np.ndarray]:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty.copy()
     acceptable = cost <= thresh
-    from scipy.optimize import linear_sum_assignment  # loaded on first use (start-up)
+    from scipy.optimize import linear_sum_assignment  # loaded by ByteTracker() (start-up of other modes)
 
     rows, cols = linear_sum_assignment(np.where(acceptable, cost - thresh - _TIE_SLACK, 0.0))
     keep = acceptable[rows, cols]
@@ -245,6 +245,8 @@ class ByteTracker:
         min_hits: int = 2,
         fuse_score: bool = True,
     ) -> None:
+        import scipy.optimize  # noqa: F401 - loaded here, when a tracker is made, not on its first update
+
         self.track_thresh = _check_real("track_thresh", track_thresh, 0.0, 1.0, low_open=True)
         self.low_thresh = _check_real("low_thresh", low_thresh, 0.0, self.track_thresh)
         self.new_track_thresh = _check_real("new_track_thresh", new_track_thresh, 0.0, 1.0)
