@@ -44,7 +44,7 @@ def run_facestream(*args: str, stats: Path) -> tuple[dict[str, Any], float]:
     command's wall-clock time (start-up included)."""
     t = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "facestream", "run", *args, "--stats", str(stats), "-q"],
+        [sys.executable, "-m", "facestream", "run", *args, "--stats", str(stats), "-q", "-y"],
         capture_output=True, text=True, cwd=ROOT,
     )
     wall = time.perf_counter() - t

@@ -164,7 +164,8 @@ def anonymize_stages(settings: Settings) -> list[Stage]:
     return stages
 
 
-def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: str | None = None) -> list[Stage]:
+def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: str | None = None,
+                 live: bool = False) -> list[Stage]:
     """Decoder, the mode's processing stages, encoder."""
     i, o = settings.input, settings.output
     decoder = Decoder(dataclasses.replace(i, audio=i.audio and o.audio != "none"), source=source)
@@ -195,7 +196,12 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
         from facestream.stages.export import FacesJsonl
 
         middle.append(FacesJsonl(path=faces_jsonl, landmarks=settings.landmarker.model not in ("auto", "none")))
-    encoder = Encoder(o.encoder(), path=output, metadata=metadata)
+    encoder_settings = o.encoder()
+    if live:
+        # A live recording is written in place as fragments: playable up to the last one whatever
+        # happens to the run (kill -9, a power cut). Matroska and WebM are playable as written.
+        encoder_settings = dataclasses.replace(encoder_settings, fragmented=True)
+    encoder = Encoder(encoder_settings, path=output, metadata=metadata, in_place=live)
     return [decoder, *middle, encoder]
 
 
@@ -258,6 +264,7 @@ def prepare_job(
     stats_path: str | None = None,
     faces_jsonl: str | None = None,
     progress: Callable[[Progress], None] | None = None,
+    overwrite: bool = False,
 ) -> Job:
     """Check the paths, choose the device and flow policy, and assemble the stages into a :class:`Job`.
 
@@ -268,11 +275,21 @@ def prepare_job(
         raise ConfigError(f"the output would overwrite the input: {output}")
     if Path(output).suffix.lower() not in CONTAINERS:
         raise OutputError(f"output must end in {', '.join(sorted(CONTAINERS))}: {output}")
+    if Path(output).exists() and not overwrite:
+        raise OutputError(f"{output} exists; add -y (--overwrite) to replace it")
     device = resolve_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    policy = settings.flow.resolve(live=is_live_input(source, settings))
-    stages = build_stages(settings, source=source, output=output, faces_jsonl=faces_jsonl)
+    live = is_live_input(source, settings)
+    if settings.flow.policy == "latest" and not live:
+        # Dropping frames only makes sense against a clock: a file under a live preset is paced
+        # as if it were arriving live, and what falls behind is dropped (and counted).
+        log.warning("input: %s is not a live feed; the %s flow paces it in real time", source, "latest")
+        settings = dataclasses.replace(settings, input=dataclasses.replace(settings.input, realtime=True))
+        live = True
+    policy = settings.flow.resolve(live=live)
+    stages = build_stages(settings, source=source, output=output, faces_jsonl=faces_jsonl, live=live)
+    stages[-1].claim()  # type: ignore[attr-defined] - a second run on the same output fails now, not after loading
     pipeline = Pipeline(
         stages,
         device=device,

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="swap: an image (or a folder) of the source face (repeatable: the faces are averaged)")
     run.add_argument("--map", action="append", default=[], metavar="TARGET=SOURCE",
                      help="swap: the person in TARGET (image or folder) gets the face in SOURCE (repeatable)")
+    run.add_argument("-y", "--overwrite", action="store_true", help="replace OUTPUT if it exists")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run.set_defaults(func=cmd_run)
 
@@ -122,7 +123,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides += ["mode=swap", "select.mode=map", f"swap.map={json.dumps(entries)}"]
     settings = load_settings(preset=args.preset, config_file=args.config, overrides=overrides)
     job = prepare_job(settings, source=args.input, output=args.output, stats_path=args.stats,
-                      faces_jsonl=args.faces_jsonl)
+                      faces_jsonl=args.faces_jsonl, overwrite=args.overwrite)
+    models = {getattr(s, "models", None) for s in job.pipeline.stages} - {None}
+    if models and not args.quiet:
+        packs = ", ".join(sorted({m.pack for m in models}))
+        print(f"facestream: loading the models ({packs} pack) and opening the input", file=sys.stderr)
     report = run_interruptible(job)
     stats = report.stats
     if report.error is not None:

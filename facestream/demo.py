@@ -27,7 +27,9 @@ def run_demo(*, output: str, stats: str | None, overrides: list[str], quiet: boo
         demo_scene(clip)
         from .cli import run_interruptible
 
-        report = run_interruptible(prepare_job(settings, source=str(clip), output=output, stats_path=stats))
+        # The demo replaces its own output from an earlier demo run.
+        report = run_interruptible(prepare_job(settings, source=str(clip), output=output, stats_path=stats,
+                                               overwrite=True))
     if report.error is not None:
         print(f"facestream: error: {report.error}", file=sys.stderr)
         return report.exit_code

@@ -429,8 +429,10 @@ class Pipeline:
         if final:
             fps = out / elapsed if elapsed > 0 else 0.0
         else:
+            # The recent rate, over the last seconds; while batches are still on their way (nothing
+            # written in that window), the average so far rather than a misleading 0.
             (t_a, n_a), (t_b, n_b) = self._recent[0], self._recent[-1]
-            fps = (n_b - n_a) / (t_b - t_a) if t_b > t_a else (out / elapsed if elapsed > 0 else 0.0)
+            fps = (n_b - n_a) / (t_b - t_a) if t_b > t_a and n_b > n_a else (out / elapsed if elapsed > 0 else 0.0)
         info = self.ctx.source
         self.on_progress(
             Progress(

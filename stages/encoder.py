@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
@@ -130,12 +131,17 @@ class Encoder(Sink):
     source's rotation and colour tags are kept. Audio is stream-copied where the container allows
     the codec, else re-encoded (AAC for mp4/mov, Opus for webm/mkv), and interleaved by time. On
     ``close`` (also after errors and interrupts) the file is finalised, so it always plays; a run that
-    wrote no frame leaves no file.
+    wrote no frame leaves no file. A lock beside the output makes a second run on the same output
+    fail at once (:meth:`claim`).
 
     Args:
         settings: How to encode.
         path: Output file; its extension picks the container (.mp4, .mkv, .mov, .webm).
         metadata: Container metadata to write.
+        in_place: Write under the final name as frames come (live recordings, with ``fragmented``:
+            playable up to the last fragment whatever happens). Otherwise the file is written beside
+            it under a hidden temporary name and moved into place when finalised, so a reader never
+            sees half a file and a crashed run never destroys an existing one.
 
     Example:
         >>> enc = Encoder(EncoderSettings(preset="ultrafast", crf=0), path="out.mkv")
@@ -146,7 +152,7 @@ class Encoder(Sink):
     name = "encoder"
 
     def __init__(self, settings: EncoderSettings | None = None, *, path: str,
-                 metadata: Mapping[str, str] | None = None) -> None:
+                 metadata: Mapping[str, str] | None = None, in_place: bool = False) -> None:
         ext = Path(path).suffix.lower()
         if ext not in CONTAINERS:
             raise OutputError(f"output must end in one of {', '.join(sorted(CONTAINERS))}, got {path!r}")
@@ -154,6 +160,10 @@ class Encoder(Sink):
         self.path = path
         self.format = CONTAINERS[ext]
         self.metadata = dict(metadata or {})
+        self.in_place = in_place
+        final = Path(path)
+        self._write_path = path if in_place else str(final.with_name(f".{final.name}.partial-{os.getpid()}{ext}"))
+        self._lock: int | None = None
 
         self._container: Any = None
         self._video: Any = None
@@ -176,16 +186,16 @@ class Encoder(Sink):
             raise OutputError("the encoder needs an open source")
         if info.frame_rate:
             self._frame_dt = float(1 / info.frame_rate)
-        out_dir = Path(self.path).resolve().parent
-        if not out_dir.is_dir():
-            raise OutputError(f"output folder does not exist: {out_dir}")
+        self.claim()
         codec = pick_video_codec(self.settings.codec, self.format, ctx.device)
         family = _CODEC_FAMILY[codec]
         container_options: dict[str, str] = {}
         movflags = []
         if self.format in ("mp4", "mov"):
             if self.settings.fragmented:
+                # A fragment at least every second, keyframe or not: a killed run loses one second.
                 movflags.append("+frag_keyframe+empty_moov+default_base_moof")
+                container_options.update({"frag_duration": "1000000", "flush_packets": "1"})
             elif self.settings.faststart:
                 movflags.append("+faststart")
             if any(k not in ("title", "comment", "description", "copyright", "artist") for k in self.metadata):
@@ -193,8 +203,9 @@ class Encoder(Sink):
         if movflags:
             container_options["movflags"] = "".join(movflags)
         try:
-            self._container = av.open(self.path, "w", format=self.format, container_options=container_options)
+            self._container = av.open(self._write_path, "w", format=self.format, container_options=container_options)
         except (av.error.FFmpegError, OSError) as exc:
+            self._release()
             raise OutputError(f"cannot create {self.path}: {exc}") from None
         try:
             if family not in self._container.supported_codecs:
@@ -206,9 +217,40 @@ class Encoder(Sink):
         except BaseException:
             self._container.close()
             self._container = None
-            _remove(self.path)
+            _remove(self._write_path)
+            self._release()
             raise
         self.codec_used = codec
+
+    def claim(self) -> None:
+        """Take the output for this run: a lock beside it (released by the OS if the process dies).
+
+        Raises:
+            OutputError: the folder is missing, or another run is writing the same output.
+        """
+        if self._lock is not None:
+            return
+        final = Path(self.path).resolve()
+        if not final.parent.is_dir():
+            raise OutputError(f"output folder does not exist: {final.parent}")
+        lock_path = final.with_name(f".{final.name}.lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot write to {final.parent}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputError(f"{self.path} is being written by another run") from None
+        self._lock = fd
+        self._lock_path = lock_path
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            _remove(str(self._lock_path))
+            os.close(self._lock)
+            self._lock = None
 
     def _open_video(self, codec: str, info: Any) -> None:
         w, h = info.width - info.width % 2, info.height - info.height % 2
@@ -241,6 +283,10 @@ class Encoder(Sink):
         for template in templates:
             name = template.codec_context.name
             can_copy = name in supported and (allowed is None or name in allowed)
+            if self.settings.fragmented and self.format in ("mp4", "mov") and not template.codec_context.extradata:
+                # ADTS audio (from MPEG-TS, say) needs its header in the moov, which a fragmented
+                # file writes first: re-encode it.
+                can_copy = False
             if self.settings.audio == "copy" and can_copy:
                 out = self._container.add_stream_from_template(template)
                 self._audio_out.append((out, True))
@@ -274,6 +320,7 @@ class Encoder(Sink):
 
     def close(self) -> None:
         if self._container is None:
+            self._release()
             return
         try:
             if self.frames_written:
@@ -294,8 +341,11 @@ class Encoder(Sink):
                 container.close()
             finally:
                 if not self.frames_written:
-                    _remove(self.path)
+                    _remove(self._write_path)
                     log.warning("encoder: no frames were written; %s was not kept", self.path)
+                elif not self.in_place:
+                    os.replace(self._write_path, self.path)  # readers never see half a file
+                self._release()
 
     def report(self) -> dict[str, Any]:
         return {

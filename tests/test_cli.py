@@ -247,3 +247,87 @@ def test_the_input_may_stand_anywhere_among_the_options():
     args = build_parser().parse_args(["run", "--preset", "swap", "--source", "a.png", "clip.mp4", "-o", "out.mp4",
                                       "--source", "b.png", "--map", "t.png=s.png"])
     assert args.input == "clip.mp4" and args.source == ["a.png", "b.png"] and args.map == ["t.png=s.png"]
+
+
+def _start_run(src, out, *extra):
+    """``facestream run`` in the background, paced in real time; returns once frames flow."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facestream", "run", str(src), "-o", str(out), "--set", "stats.progress=lines",
+         "--set", "stats.interval_s=0.2", *extra],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "fps" not in proc.stderr.readline():
+        pass
+    return proc
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_asked(tmp_path, clip):
+    src = clip("cli.mp4", seconds=2, fps=25)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    proc = run_cli("run", str(src), "-o", str(out), "-q")
+    assert proc.returncode == 1 and "exists; add -y (--overwrite)" in one_error_line(proc)
+    assert out.read_bytes() == b"precious"
+    proc = run_cli("run", str(src), "-o", str(out), "-q", "-y")
+    assert proc.returncode == 0 and probe(out).frames == 50
+
+
+def test_a_second_run_on_the_same_output_fails_at_once_and_readers_never_see_half_a_file(tmp_path, clip):
+    src = clip("long.mp4", seconds=20, fps=25)
+    out = tmp_path / "out.mp4"
+    first = _start_run(src, out, "--set", "input.realtime=true", "--set", "input.live=false")
+    try:
+        assert not out.exists(), "the output appears only once finalised"
+        assert list(tmp_path.glob(".out.mp4.partial-*.mp4")), "it is written beside it under a hidden name"
+        t = time.monotonic()
+        second = run_cli("run", str(src), "-o", str(out), "-q", "-y")
+        assert time.monotonic() - t < 10
+        assert second.returncode == 1 and "is being written by another run" in one_error_line(second)
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=30)
+    assert first.returncode == 130 and probe(out).frames > 0
+    assert not list(tmp_path.glob(".out.mp4*")), "no partial file or lock is left behind"
+
+
+def test_kill_9_never_destroys_an_existing_output(tmp_path, clip):
+    src = clip("long.mp4", seconds=20, fps=25)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    proc = _start_run(src, out, "-y", "--set", "input.realtime=true", "--set", "input.live=false")
+    proc.kill()
+    proc.wait(timeout=30)
+    assert out.read_bytes() == b"precious"
+
+
+def test_kill_9_of_a_live_run_leaves_a_playable_recording(tmp_path, clip):
+    """Live input (a file paced as a live feed here): fragmented MP4 written in place."""
+    src = clip("long.mp4", seconds=20, fps=25)
+    out = tmp_path / "live.mp4"
+    proc = _start_run(src, out, "--set", "input.realtime=true")
+    time.sleep(3.0)
+    proc.kill()
+    proc.wait(timeout=30)
+    p = probe(out)
+    assert p.frames >= 25, "everything up to the last fragment plays"
+
+
+def test_the_live_preset_on_a_file_paces_it_instead_of_dropping_frames(tmp_path, clip):
+    src = clip("cli.mp4", seconds=2, fps=25)
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    proc = run_cli("run", str(src), "-o", str(out), "--preset", "live", "-q", "--stats", str(stats))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("paces it in real time") == 1
+    data = json.loads(stats.read_text())
+    assert data["frames_dropped"] == 0 and data["frames_out"] == 50
+    assert data["wall_s"] >= 1.8, "paced at the clip's own speed"
+    assert probe(out).frames == 50
+
+
+def test_model_loading_is_announced(tmp_path, clip):
+    src = clip("cli.mp4", seconds=2, fps=25)
+    proc = run_cli("run", str(src), "-o", str(tmp_path / "a.mp4"), "--preset", "anonymize",
+                   "--set", "stats.progress=none")
+    assert proc.returncode == 0 and "loading the models (builtin pack)" in proc.stderr
