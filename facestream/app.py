@@ -110,7 +110,7 @@ def expand_images(path: str, key: str) -> list[str]:
     return [str(p)]
 
 
-def swap_stages(settings: Settings) -> tuple[list[Stage], str]:
+def swap_stages(settings: Settings, device: torch.device) -> tuple[list[Stage], str]:
     """Analysis, generator and blender for swapping; also names the model (for provenance)."""
     from facestream.stages.generator import Generator
 
@@ -140,7 +140,15 @@ def swap_stages(settings: Settings) -> tuple[list[Stage], str]:
     batch = {"batch_size": flow.batch_size, "max_wait_ms": flow.max_wait_ms}
     stages = analysis_stages(settings, landmarks=b.mask == "hull" or b.keep_mouth, identity="source",
                              references=references, mapping=mapping)
-    stages.append(Generator(kind=kind, models=swap_models, sources=sources, builtin_size=sw.builtin_size, **batch))
+    people = None
+    if kind == "inswapper":
+        # The sources are embedded now, before any other model loads: ArcFace is needed only for
+        # this, and loading it beside the pipeline's models would set the run's peak memory.
+        from facestream.facelib.models.people import embed_people
+
+        people = embed_people(swap_models, device, sources)
+    stages.append(Generator(kind=kind, models=swap_models, sources=sources, builtin_size=sw.builtin_size,
+                            people=people, **batch))
     stages.append(blender_stage(settings))
     return stages, model_name
 
@@ -165,10 +173,18 @@ def anonymize_stages(settings: Settings) -> list[Stage]:
 
 
 def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: str | None = None,
-                 live: bool = False) -> list[Stage]:
-    """Decoder, the mode's processing stages, encoder."""
+                 live: bool = False, device: torch.device | None = None) -> list[Stage]:
+    """Decoder, the mode's processing stages, encoder. The output is claimed first, so that a second
+    run on it fails before any model loads."""
     i, o = settings.input, settings.output
     decoder = Decoder(dataclasses.replace(i, audio=i.audio and o.audio != "none"), source=source)
+    encoder_settings = o.encoder()
+    if live:
+        # A live recording is written in place as fragments: playable up to the last one whatever
+        # happens to the run (kill -9, a power cut). Matroska and WebM are playable as written.
+        encoder_settings = dataclasses.replace(encoder_settings, fragmented=True)
+    encoder = Encoder(encoder_settings, path=output, in_place=live)
+    encoder.claim()
     middle: list[Stage]
     metadata: dict[str, str] = {}
     if settings.mode == "analyze":
@@ -178,7 +194,7 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
                                  identity="selected" if settings.select.mode == "one" else None)
         middle.append(Annotator(settings.annotate))
     elif settings.mode == "swap":
-        middle, model = swap_stages(settings)
+        middle, model = swap_stages(settings, device if device is not None else resolve_device(settings.device))
         if o.provenance:
             metadata = {
                 "comment": f"Faces in this video were synthetically altered by facestream {__version__} ({model}).",
@@ -196,12 +212,7 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
         from facestream.stages.export import FacesJsonl
 
         middle.append(FacesJsonl(path=faces_jsonl, landmarks=settings.landmarker.model not in ("auto", "none")))
-    encoder_settings = o.encoder()
-    if live:
-        # A live recording is written in place as fragments: playable up to the last one whatever
-        # happens to the run (kill -9, a power cut). Matroska and WebM are playable as written.
-        encoder_settings = dataclasses.replace(encoder_settings, fragmented=True)
-    encoder = Encoder(encoder_settings, path=output, metadata=metadata, in_place=live)
+    encoder.metadata = metadata
     return [decoder, *middle, encoder]
 
 
@@ -288,8 +299,7 @@ def prepare_job(
         settings = dataclasses.replace(settings, input=dataclasses.replace(settings.input, realtime=True))
         live = True
     policy = settings.flow.resolve(live=live)
-    stages = build_stages(settings, source=source, output=output, faces_jsonl=faces_jsonl, live=live)
-    stages[-1].claim()  # type: ignore[attr-defined] - a second run on the same output fails now, not after loading
+    stages = build_stages(settings, source=source, output=output, faces_jsonl=faces_jsonl, live=live, device=device)
     pipeline = Pipeline(
         stages,
         device=device,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+import numpy as np
+
 from facestream.facelib.models.factory import AnonymizerStyle, DTypeName, ModelSettings
 from facestream.pipeline.config import positive
 from facestream.pipeline.errors import ConfigError
@@ -41,6 +43,8 @@ class SwapSettings:
         dtype: The swapper's precision (torch engine); reduced precision is checked against float32
             first.
         builtin_size: Side of the builtin swapper's crops.
+        people: ``inswapper``: identity -> the source's unit embedding, already computed (instead of
+            embedding ``sources`` when the stage opens).
 
     Example:
         >>> SwapSettings(source=["me.jpg"], dtype="float16").dtype
@@ -107,6 +111,7 @@ class Generator(Transform):
         sources: dict[str, list[str]] | None = None,
         strength: float = 1.0,
         builtin_size: int = 192,
+        people: dict[str, np.ndarray] | None = None,
         batch_size: int = 1,
         max_wait_ms: float = 0.0,
     ) -> None:
@@ -121,6 +126,7 @@ class Generator(Transform):
         self.kind = kind
         self.models = models
         self.sources = sources or {}
+        self.people = people
         self.strength = strength
         self.builtin_size = builtin_size
         self.batch_size = batch_size
@@ -138,7 +144,8 @@ class Generator(Transform):
             path = self.models.path("swapper")
             self.model_file = path.name
             swapper = InSwapper(path, self.models.options(ctx.device))
-            swapper.set_sources(embed_people(self.models, ctx.device, self.sources))
+            swapper.set_sources(self.people if self.people is not None
+                                else embed_people(self.models, ctx.device, self.sources))
             self._model = swapper
         elif self.kind == "builtin":
             from facestream.facelib.models.swappers import BuiltinSwapper

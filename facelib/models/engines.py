@@ -378,6 +378,10 @@ def create_engine(
     if engine == "torch":
         result = TorchEngine(model, source=source, device=device, dtype=dtype)
     else:
+        if owned:
+            # onnxruntime reads the weights from the file: drop the parsed copy first, so that a
+            # large model is not held three times while its session is built.
+            _strip_payloads(model)
         result = OrtEngine(
             model,
             source=source,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from facestream.pipeline.errors import InputError
 
 from ..face import Face
 from ..media.stills import read_rgb
-from .factory import ModelSettings, RecognizerBackend, make_detector, make_recognizer
+from .factory import DetectorBackend, ModelSettings, RecognizerBackend, make_detector, make_recognizer
 
 # Cosine similarity from which two embeddings are taken for one person, per pack. dlib's 128-d
 # vectors are tight (its own rule, euclidean distance 0.6, is about 0.92 after normalising);
@@ -19,16 +21,32 @@ from .factory import ModelSettings, RecognizerBackend, make_detector, make_recog
 SAME_PERSON = {"builtin": 0.94, "insightface": 0.4}
 
 
-def embed_people(models: ModelSettings, device: torch.device, people: dict[str, list[str]],
-                 recognizer: RecognizerBackend | None = None) -> dict[str, np.ndarray]:
+def embed_people(models: ModelSettings, device: torch.device, people: dict[str, list[str]]) -> dict[str, np.ndarray]:
     """One unit embedding per person: the mean over the main face (large and confident) of each of
-    their images.
+    their images. The detector and recogniser it loads are let go before it returns, and their
+    memory handed back to the system (a recogniser costs several times its file's size to load).
 
     Raises:
         InputError: an image cannot be read or shows no face.
     """
-    detector = make_detector(models, device, score_threshold=0.3)
-    recognizer = recognizer or make_recognizer(models, device)
+    try:
+        return _embed(make_detector(models, device, score_threshold=0.3), make_recognizer(models, device), people,
+                      device)
+    finally:
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the system (glibc keeps it otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _embed(detector: DetectorBackend, recognizer: RecognizerBackend, people: dict[str, list[str]],
+           device: torch.device) -> dict[str, np.ndarray]:
     out = {}
     for name, paths in people.items():
         vectors = []

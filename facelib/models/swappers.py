@@ -86,6 +86,8 @@ class InSwapper:
             latent = (e / np.linalg.norm(e)) @ self.emap
             self.latents[name] = (latent / np.linalg.norm(latent)).astype(np.float32)
 
+    FORWARD_FACES = 8
+
     def generate(self, frames: list[torch.Tensor], frame_of: list[int], faces: list) -> list[Generated]:
         if not faces:
             return []
@@ -94,7 +96,10 @@ class InSwapper:
         blob = aligned.permute(0, 3, 1, 2).float() / 255.0
         device = blob.device
         latent = torch.from_numpy(np.stack([self.latents[f.identity] for f in faces])).to(device)
-        pred = self._run(blob, latent)
+        # At most FORWARD_FACES faces a forward: the activations of one forward (and the engine's
+        # memory arena, which keeps its largest) stay bounded however many faces a batch holds.
+        step = self.FORWARD_FACES
+        pred = torch.cat([self._run(blob[i : i + step], latent[i : i + step]) for i in range(0, len(faces), step)])
         # insightface: clip(255 * x, 0, 255) truncated to uint8.
         crops = (pred.clamp(0, 1) * 255.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return [Generated(c, m, a, "inswapper") for c, m, a in zip(crops, matrices, aligned)]

@@ -323,3 +323,20 @@ def test_poisson_blending_runs_and_hides_the_seam(group_swap):
     own = np.hypot(*(cv2.Sobel(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F, *dd) for dd in ((1, 0), (0, 1))))
     boundary = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
     assert grad[boundary].mean() / own[boundary].mean() < 1.25
+
+
+def test_faces_beyond_one_forward_are_swapped_in_chunks_with_the_same_result(pack):
+    """The swapper caps faces per forward (memory); chunking changes nothing in the output."""
+    image = torch.from_numpy(load_photo("group"))
+    refs = reference_faces(pack, load_photo("group"), n=6)
+    faces = [Face(box=t.bbox, score=1.0, kps=t.kps, identity="s") for t in refs] * 3  # 18 faces
+    whole = InSwapper(pack / "inswapper_128.onnx", EngineOptions(engine="onnxruntime"))
+    whole.set_sources({"s": np.ones(512, np.float32)})
+    chunked = InSwapper(pack / "inswapper_128.onnx", EngineOptions(engine="onnxruntime"))
+    chunked.set_sources({"s": np.ones(512, np.float32)})
+    whole.FORWARD_FACES, chunked.FORWARD_FACES = 100, 4
+    a = whole.generate([image], [0] * len(faces), faces)
+    b = chunked.generate([image], [0] * len(faces), faces)
+    assert len(a) == len(b) == 18
+    for x, y in zip(a, b, strict=True):
+        assert (x.crop.int() - y.crop.int()).abs().max() <= 1
