@@ -331,3 +331,4 @@ def test_model_loading_is_announced(tmp_path, clip):
     proc = run_cli("run", str(src), "-o", str(tmp_path / "a.mp4"), "--preset", "anonymize",
                    "--set", "stats.progress=none")
     assert proc.returncode == 0 and "loading the models (builtin pack)" in proc.stderr
+
