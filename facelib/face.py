@@ -28,6 +28,8 @@ class Face:
             ``None`` to leave it alone.
         quality: How good a view this is for identity (higher is better), set by the tracker.
         predicted: True where the box came from the tracker's motion model, not the detector.
+        plausible: False where the detector doubts the box is a face at its size (a wrong-scale
+            detection): such a face is not swapped, but anonymising still hides its box.
         generated: The generator's output for this face (a crop and its matrix), for the blender.
 
     Example:
@@ -45,6 +47,7 @@ class Face:
     identity: str | None = None
     quality: float = 0.0
     predicted: bool = False
+    plausible: bool = True
     generated: Any = None
 
     def __post_init__(self) -> None:

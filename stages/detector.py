@@ -106,6 +106,7 @@ class Detector(Transform):
                         score=float(det.scores[i]),
                         kps=det.kps[i] if det.kps is not None else None,
                         landmarks=det.landmarks[i] if det.landmarks is not None else None,
+                        plausible=bool(det.plausible[i]) if det.plausible is not None else True,
                     )
                     for i in range(len(det.boxes))
                 ]

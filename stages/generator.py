@@ -133,6 +133,7 @@ class Generator(Transform):
         self.max_wait_ms = max_wait_ms
         self._model: Any = None
         self.faces_generated = 0
+        self.implausible_skipped = 0
         self.model_file: str | None = None
 
     def open(self, ctx: RunContext) -> None:
@@ -161,13 +162,17 @@ class Generator(Transform):
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         swapping = self.kind in ("inswapper", "builtin")
-        todo = [
-            (fi, face)
-            for fi, f in enumerate(frames)
-            for face in f.faces
-            if face.identity is not None and (not swapping or face.identity in self.sources)
-            and (face.kps is not None or self.kind not in ("inswapper",))
-        ]
+        todo = []
+        for fi, f in enumerate(frames):
+            for face in f.faces:
+                if face.identity is None or (swapping and face.identity not in self.sources):
+                    continue
+                if swapping and not face.plausible:
+                    self.implausible_skipped += 1  # a doubtful box is not painted over (anonymising still hides it)
+                    continue
+                if face.kps is None and self.kind == "inswapper":
+                    continue
+                todo.append((fi, face))
         if todo:
             made = self._model.generate([f.image for f in frames], [fi for fi, _ in todo], [face for _, face in todo])
             for (_, face), g in zip(todo, made):
@@ -176,7 +181,8 @@ class Generator(Transform):
         return frames
 
     def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "faces": self.faces_generated, "model": self.model_file}
+        out: dict[str, Any] = {"kind": self.kind, "faces": self.faces_generated, "model": self.model_file,
+                               "implausible_skipped": self.implausible_skipped}
         if getattr(self._model, "fell_back", False):
             out["precision_fallback"] = True
         return out

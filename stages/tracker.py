@@ -96,7 +96,9 @@ class Tracker(Transform):
     ``coast_frames`` frames after a missed detection, faces come from the motion model
     (``predicted=True``), their keypoints carried along from the last observation. Keypoints (and
     the detector's landmarks) are smoothed per track (One Euro filter) to remove jitter, and each
-    observed face's ``quality`` is scored for the embedder. Tracks it ends are listed in
+    observed face's ``quality`` is scored for the embedder. A face's ``plausible`` becomes its
+    track's majority verdict, so a doubtful view neither blinks a swap off nor lets a wrong-scale box
+    through; a predicted face never grows beyond its last observed size. Tracks it ends are listed in
     ``frame.tracks_ended`` for the stages after it.
 
     Args:
@@ -122,6 +124,7 @@ class Tracker(Transform):
         self.smooth_landmarks = smooth_landmarks
         self._tracker: ByteTracker | None = None
         self._memory: dict[int, _Memory] = {}
+        self._plausible: dict[int, list[int]] = {}  # track -> [plausible detections, detections]
         self._kps_bank = OneEuroBank(min_cutoff=s.min_cutoff, beta=s.beta)
         self._landmark_bank = OneEuroBank(min_cutoff=s.min_cutoff, beta=s.beta)
         self.tracks_started = 0
@@ -171,6 +174,7 @@ class Tracker(Transform):
             frame.tracks_ended = frozenset(ended)
             for tid in ended:
                 self._memory.pop(tid, None)
+                self._plausible.pop(tid, None)
             self._kps_bank.drop(ended)
             self._landmark_bank.drop(ended)
         observed = [f for f in frame.faces if f.track_id is not None and not f.predicted]
@@ -200,6 +204,11 @@ class Tracker(Transform):
             q = np.array([face_quality(f) for f in faces])
         for face, quality in zip(faces, q.tolist()):
             face.quality = quality
+            # One doubtful detection does not decide: the track's majority does, on every frame.
+            votes = self._plausible.setdefault(face.track_id, [0, 0])  # type: ignore[arg-type]
+            votes[0] += face.plausible
+            votes[1] += 1
+            face.plausible = 2 * votes[0] >= votes[1]
             if face.track_id not in self._memory:
                 self.tracks_started += 1
             self._memory[face.track_id] = _Memory(face.box, face.kps, face.landmarks)  # type: ignore[index]
@@ -208,9 +217,20 @@ class Tracker(Transform):
         self.predicted_faces += 1
         mem = self._memory.get(track.id)
         box = np.asarray(track.box, np.float32)
+        if mem is not None:
+            # A face the detector does not see cannot grow: the motion model keeps its position,
+            # never more than its last observed size.
+            w, h = box[2] - box[0], box[3] - box[1]
+            mw, mh = mem.box[2] - mem.box[0], mem.box[3] - mem.box[1]
+            if w > mw or h > mh:
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                w, h = min(w, mw), min(h, mh)
+                box = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32)
         kps = _move(mem.kps, mem.box, box) if mem else None
         landmarks = _move(mem.landmarks, mem.box, box) if mem else None
-        return Face(box=box, score=float(track.score), kps=kps, landmarks=landmarks, track_id=track.id, predicted=True)
+        votes = self._plausible.get(track.id, [1, 1])
+        return Face(box=box, score=float(track.score), kps=kps, landmarks=landmarks, track_id=track.id, predicted=True,
+                    plausible=2 * votes[0] >= votes[1])
 
     def report(self) -> dict[str, Any]:
         return {"tracks": self.tracks_started, "predicted_faces": self.predicted_faces}

@@ -185,3 +185,31 @@ def test_analyze_draws_on_the_faces(scene, tmp_path):
     diff = np.abs(a[10].astype(int) - b[10].astype(int)).max(axis=2) > 60
     assert diff.mean() > 0.002  # boxes, points and labels
     assert diff[:, :40].mean() < 0.001  # and nothing at the empty left edge
+
+
+def _changed_regions(a: np.ndarray, b: np.ndarray, *, level: int = 25, min_area: int = 40) -> list[tuple[int, int]]:
+    """Width and height of each region where two frames differ visibly."""
+    diff = (np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=2) > level).astype(np.uint8)
+    diff = cv2.morphologyEx(diff, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(diff)
+    return [(int(stats[k, 2]), int(stats[k, 3])) for k in range(1, n) if stats[k, 4] >= min_area]
+
+
+def test_the_demo_changes_faces_at_their_own_size(tmp_path):
+    """The demo scene (640x360): every face in it is about 73 px. dlib's HOG also finds the
+    dark-haired woman's head as a 150 px "face" from frame 90; it must not be painted over, and no
+    changed region may be much larger than a face."""
+    from facestream.scenes import demo_scene, photo_path
+
+    clip = tmp_path / "demo.mp4"
+    demo_scene(clip, seconds=4.8)
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    proc = run_cli("run", str(clip), "-o", str(out), "--preset", "demo", "--source", str(photo_path("astronaut")),
+                   "--set", "output.watermark=null", "-q", "--stats", str(stats), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(stats.read_text())["stages"]["generator"]["implausible_skipped"] > 0
+    src, got = frames_of(clip), frames_of(out)
+    assert len(src) == len(got) == 120
+    largest = max(max(w, h) for a, b in zip(src[80:], got[80:], strict=True) for w, h in _changed_regions(a, b))
+    print(f"largest changed region: {largest} px")
+    assert 40 < largest <= 110, "faces were swapped, and only at face size"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import cv2
 import dlib
 import numpy as np
 import torch
@@ -42,7 +43,17 @@ def _score(margin: float) -> float:
 
 class DlibDetector:
     """HOG (fast) or MMOD CNN (more robust, slow on the CPU) detection, then the 68-point predictor,
-    which gives both the dense landmarks and the five keypoints."""
+    which gives both the dense landmarks and the five keypoints.
+
+    HOG sometimes finds a face at the wrong scale: a head with its hair taken for a face twice its
+    size, with landmarks that fit that box as well as a real face's fit its own. A weak HOG
+    detection (score under ``VERIFY_BELOW``) is therefore looked at again, its region rescaled so the
+    box is ``VERIFY_SIDE`` pixels: a face is found there again with a margin of at least 0, a
+    wrong-scale box is not (``plausible`` says which; the tracker steadies it per track).
+    """
+
+    VERIFY_BELOW = 0.8
+    VERIFY_SIDE = 160.0
 
     def __init__(
         self,
@@ -85,8 +96,31 @@ class DlibDetector:
             lm = np.asarray(
                 [[(p.x, p.y) for p in self._shape(rgb, r).parts()] for r in rects], np.float32
             ).reshape(-1, 68, 2)
-            out.append(Detections(boxes, scores, kps_from_68(lm), lm))
+            plausible = None
+            if self.model == "hog":
+                plausible = np.array([s >= self.VERIFY_BELOW or self._found_again(rgb, b) for b, s in zip(boxes, scores)],
+                                     bool)
+            out.append(Detections(boxes, scores, kps_from_68(lm), lm, plausible))
         return out
+
+    def _found_again(self, rgb: np.ndarray, box: np.ndarray) -> bool:
+        """Whether HOG finds a face covering most of ``box`` in its region rescaled to VERIFY_SIDE."""
+        x1, y1, x2, y2 = (float(v) for v in box)
+        side = max(x2 - x1, 1.0)
+        m = 0.25 * side
+        h, w = rgb.shape[:2]
+        cx1, cy1, cx2, cy2 = int(max(0, x1 - m)), int(max(0, y1 - m)), int(min(w, x2 + m)), int(min(h, y2 + m))
+        if cx2 - cx1 < 8 or cy2 - cy1 < 8:
+            return False
+        s = self.VERIFY_SIDE / side
+        crop = cv2.resize(rgb[cy1:cy2, cx1:cx2], None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+        rects, margins, _ = self._hog.run(crop, 0, -0.5)
+        for r, margin in zip(rects, margins):
+            ix = min(r.right() / s + cx1, x2) - max(r.left() / s + cx1, x1)
+            iy = min(r.bottom() / s + cy1, y2) - max(r.top() / s + cy1, y1)
+            if margin >= 0 and ix > 0 and iy > 0 and ix * iy > 0.5 * side * side:
+                return True
+        return False
 
     def _find(self, rgb: np.ndarray) -> tuple[list, list[float]]:
         if self.model == "hog":

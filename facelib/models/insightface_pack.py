@@ -70,12 +70,14 @@ def _blob(crops: torch.Tensor, mean: float, std: float, dtype: torch.dtype = tor
 
 @dataclass
 class Detections:
-    """One image's faces: boxes ``(N, 4)``, scores ``(N,)``, keypoints ``(N, 5, 2)`` or ``None``."""
+    """One image's faces: boxes ``(N, 4)``, scores ``(N,)``, keypoints ``(N, 5, 2)`` or ``None``;
+    ``plausible`` ``(N,)`` bool where the detector checked its boxes (``None``: not checked)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     kps: np.ndarray | None
     landmarks: np.ndarray | None = None
+    plausible: np.ndarray | None = None
 
 
 class ScrfdDetector:

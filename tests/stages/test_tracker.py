@@ -268,3 +268,37 @@ def test_keypoint_smoothing_removes_jitter():
             tracker.process([frame])
             out.append(frame.faces[0].kps)
     assert np.var(np.array(smoothed[30:]), axis=0).mean() < 0.2 * np.var(np.array(raw[30:]), axis=0).mean()
+
+
+def test_a_coasting_face_never_grows_beyond_its_last_observed_size():
+    tracker = open_tracker(Tracker(TrackerSettings(coast_frames=3, smooth=False)))
+    widths, predicted = [], []
+    for i in range(14):
+        side = 60 + 4 * i  # growing steadily: the motion model learns to grow it
+        faces = [Face(box=[100, 100, 100 + side, 100 + side], score=0.9, kps=_kps([100, 100, 100 + side, 100 + side]))]
+        frame = Frame(index=i, pts=i, time_base=Fraction(1, 30), captured_at=0.0, image=IMAGE,
+                      faces=faces if i < 10 else [])
+        tracker.process([frame])
+        for f in frame.faces:
+            (predicted if f.predicted else widths).append(f.width)
+    assert len(predicted) == 3, "the missed face coasts for coast_frames frames"
+    assert max(predicted) <= widths[-1] + 1e-3
+
+
+def test_a_doubtful_detection_follows_its_tracks_majority():
+    tracker = open_tracker(Tracker(TrackerSettings(smooth=False)))
+    seen = []
+    for i in range(12):
+        box = [200, 100, 280, 180]
+        face = Face(box=box, score=0.9, kps=_kps(box), plausible=i % 4 != 3)  # one view in four doubted
+        frame = Frame(index=i, pts=i, time_base=Fraction(1, 30), captured_at=0.0, image=IMAGE, faces=[face])
+        tracker.process([frame])
+        seen += [f.plausible for f in frame.faces if f.track_id is not None]
+    assert seen and all(seen), "the track stays plausible: no blinking swap"
+    tracker = open_tracker(Tracker(TrackerSettings(smooth=False)))
+    for i in range(12):
+        box = [200, 100, 280, 180]
+        frame = Frame(index=i, pts=i, time_base=Fraction(1, 30), captured_at=0.0, image=IMAGE,
+                      faces=[Face(box=box, score=0.9, kps=_kps(box), plausible=False)])
+        tracker.process([frame])
+    assert [f.plausible for f in frame.faces] == [False]
