@@ -305,3 +305,21 @@ def test_pipelines_are_awaited_inside_a_running_loop():
         pipe = Pipeline([CountingSource(1), Collect()], device=CPU)
         pipe.run()
         pipe.run()
+
+
+def test_progress_shows_the_average_rate_while_batches_are_on_their_way(monkeypatch):
+    """Slow batching stages write frames in bursts seconds apart; between bursts the status shows
+    the rate so far, not 0.0 fps."""
+    import facestream.pipeline.runner as runner
+
+    seen = []
+    pipe = Pipeline([CountingSource(1), Collect()], device=CPU, on_progress=seen.append)
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    pipe._t0 = 0.0
+    for t, written in ((1, 0), (2, 0), (3, 8), (4, 8), (5, 8), (6, 8), (7, 8), (8, 8), (9, 8), (10, 16)):
+        clock[0] = float(t)
+        pipe.stats[-1].frames = written
+        pipe._emit_progress(final=False)
+    rates = [p.fps for p in seen if p.frames_out > 0]
+    assert len(rates) == 8 and all(r > 0 for r in rates), rates
