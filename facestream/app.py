@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -18,7 +17,7 @@ from facestream.pipeline.config import to_dict
 from facestream.pipeline.device import resolve_device
 from facestream.pipeline.errors import ConfigError, PipelineError, OutputError
 from facestream.pipeline.progress import ProgressPrinter
-from facestream.pipeline.runner import Pipeline, Progress, RunReport
+from facestream.pipeline.runner import Pipeline, Progress, RunReport, run_coroutine
 from facestream.pipeline.stage import Stage
 from facestream.stages.decoder import Decoder
 from facestream.stages.encoder import CONTAINERS, Encoder
@@ -260,11 +259,7 @@ class Job:
 
     def run(self) -> RunReport:
         """Run on a new event loop (uvloop where installed)."""
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - Windows
-            return asyncio.run(self.arun())
-        return uvloop.run(self.arun())
+        return run_coroutine(self.arun())
 
 
 def prepare_job(
@@ -295,7 +290,7 @@ def prepare_job(
     if settings.flow.policy == "latest" and not live:
         # Dropping frames only makes sense against a clock: a file under a live preset is paced
         # as if it were arriving live, and what falls behind is dropped (and counted).
-        log.warning("input: %s is not a live feed; the %s flow paces it in real time", source, "latest")
+        log.warning("input: %s is not a live feed; the latest-frame flow paces it in real time", source)
         settings = dataclasses.replace(settings, input=dataclasses.replace(settings.input, realtime=True))
         live = True
     policy = settings.flow.resolve(live=live)

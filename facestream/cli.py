@@ -146,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_interruptible(job: Job) -> RunReport:
     """Run a job on a new event loop with the command line's signal handling: the first SIGINT or
     SIGTERM drains the queued frames and finalises the output, a second one aborts."""
-    import uvloop
+    from facestream.pipeline.runner import run_coroutine
 
     async def main() -> RunReport:
         loop = asyncio.get_running_loop()
@@ -159,7 +159,7 @@ def run_interruptible(job: Job) -> RunReport:
             for sig in signals:
                 loop.remove_signal_handler(sig)
 
-    return uvloop.run(main())
+    return run_coroutine(main())
 
 
 def _yaml_list(items: list[str]) -> str:

@@ -8,9 +8,9 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 
@@ -23,6 +23,7 @@ from .stage import RunContext, Sink, Source, Stage, Transform
 
 Status = Literal["ok", "error", "interrupted"]
 FlowPolicy = Literal["auto", Policy]
+T = TypeVar("T")
 
 
 @dataclass
@@ -91,6 +92,15 @@ class RunReport:
         if self.error is not None:
             return self.error.exit_code
         return 0
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a new event loop: uvloop where installed, asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -176,11 +186,7 @@ class Pipeline:
     def run(self) -> RunReport:
         """Run to the end of the source (or an error, or a stop) on a new event loop (uvloop where
         installed) and report. Inside a running loop, ``await pipeline.arun()`` instead."""
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - Windows
-            return asyncio.run(self.arun())
-        return uvloop.run(self.arun())
+        return run_coroutine(self.arun())
 
     def request_stop(self) -> None:
         """Finish gracefully: the source stops, queued frames drain, the sink finalises."""

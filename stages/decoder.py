@@ -13,7 +13,7 @@ import av
 
 from facestream.facelib.media.clock import LiveClock
 from facestream.facelib.media.colour import frame_to_rgb
-from facestream.facelib.media.demux import Demuxer, SidePacket, open_container, reason
+from facestream.facelib.media.demux import Demuxer, open_container, reason
 from facestream.facelib.media.inputs import InputSpec, resolve_input
 from facestream.facelib.media.reconnect import Reconnector
 from facestream.facelib.media.stills import Stills
@@ -24,8 +24,6 @@ from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext, Source, SourceInfo
 
 HwAccel = Literal["none", "cuda"]
-
-__all__ = ["Decoder", "DecoderSettings", "SidePacket"]
 
 
 class _StreamDropped(Exception):
@@ -315,11 +313,11 @@ class Decoder(Source):
                 reopened = self._reconnect(exc, demuxer)
                 if reopened is None:
                     return
-                container, offset_s, gap = reopened
+                offset_s, gap = reopened
                 clock = LiveClock(offset_s)
 
-    def _reconnect(self, exc: BaseException, demuxer: Demuxer) -> tuple[Any, float, float] | None:
-        """Reopen a dropped live stream; returns the container, the new segment's offset and the gap."""
+    def _reconnect(self, exc: BaseException, demuxer: Demuxer) -> tuple[float, float] | None:
+        """Reopen a dropped live stream; returns the new segment's time offset and the gap."""
         assert self._ctx is not None
         if self._reconnector is None:
             s = self.settings
@@ -337,7 +335,7 @@ class Decoder(Source):
         self._demuxer = self._new_demuxer(container, last_time=demuxer.last_time)
         # The new segment continues the timeline at the wall-clock time it resumed.
         since_first = time.monotonic() - self._t_first if self._t_first is not None else 0.0
-        return container, max(since_first, demuxer.last_time + 1e-3), self._reconnector.gaps[-1]["gap_s"]
+        return max(since_first, demuxer.last_time + 1e-3), self._reconnector.gaps[-1]["gap_s"]
 
     def _check_complete(self, demuxer: Demuxer) -> None:
         """A file whose frames stop well before its declared duration is truncated."""

@@ -6,8 +6,6 @@ face embedder, with the CC0 weights of the ``face-recognition-models`` package.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import cv2
 import dlib
 import numpy as np
