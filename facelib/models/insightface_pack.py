@@ -12,7 +12,7 @@ import onnx
 import torch
 
 from ..ops.align import crop_transform, estimate_norm, invert_affine, transform_points, warp_faces
-from ..ops.detection import anchor_centers, nms, select_largest_central
+from ..ops.detection import anchor_centers, greedy_nms_rounds, largest_central_rank, suppressors
 from ..ops.image import letterbox
 from .engines import create_engine
 from .packs import load_checked
@@ -81,8 +81,9 @@ class Detections:
 
 
 class ScrfdDetector:
-    """SCRFD on a batch of frames: letterbox (top-left, zero padding), one forward pass, anchor
-    decoding of the candidates above the threshold (on the device), NMS on the host."""
+    """SCRFD on a batch of frames: letterbox (top-left, zero padding), one forward pass, then anchor
+    decoding, thresholds, NMS and face selection for the whole batch on the device (insightface's
+    arithmetic, so its results), and one copy of the final faces to the host."""
 
     def __init__(
         self,
@@ -109,65 +110,98 @@ class ScrfdDetector:
         self.nms_threshold = nms_threshold
         self.max_faces = max_faces
         self.min_size = min_size
+        self._anchor_cache: dict[tuple, torch.Tensor] = {}
+
+    NMS_ROUNDS = 4  # rounds of batched NMS before its settling is checked (with the final copy)
+    NMS_ELEMENTS = 1 << 25  # most (images x candidates x candidates) one NMS works on at once
 
     def detect(self, images: list[torch.Tensor]) -> list[Detections]:
-        """``(H, W, 3)`` uint8 RGB frames -> their detections, in frame pixels."""
+        """``(H, W, 3)`` uint8 RGB frames -> their detections, in frame pixels.
+
+        Everything after the forward pass runs on the device for the whole batch; the host waits
+        twice a batch, whatever its frames and faces: to learn how many candidates the most crowded
+        frame has (the size of the NMS), and for the final faces, copied in one piece."""
         if not images:
             return []
         blob, scales = letterbox(images, self.input_size)
-        outputs = self.engine(blob)
-        b = len(images)
-        n = len(self.strides)
-        per_image: list[list[torch.Tensor]] = [[] for _ in range(b)]
-        for o in outputs:
-            rows = o.reshape(b, -1, o.shape[-1])  # rank-3 batched outputs and batch-major rows alike
-            for i in range(b):
-                per_image[i].append(rows[i])
-        results = []
-        for i, outs in enumerate(per_image):
-            scores, boxes, kps = self._decode(outs, n)
-            boxes /= scales[i]
-            if kps is not None:
-                kps /= scales[i]
-            results.append(self._finish(scores, boxes, kps, images[i].shape[:2]))
-        return results
+        scores, boxes, kps = self._decode(self.engine(blob), len(images))
+        order = scores.sort(dim=1, descending=True, stable=True).indices
+        count = (scores >= self.score_threshold).sum(1)
+        k = int(count.max())  # host wait 1: the NMS's size
+        if k == 0:
+            return [self._empty() for _ in images]
+        # The candidates of each frame, best first (ties in anchor order): score, box, keypoints.
+        table = torch.cat((scores[..., None], boxes, kps), -1)
+        table = table.gather(1, order[:, :k, None].expand(-1, -1, table.shape[-1]))
+        scale = torch.tensor(scales, dtype=torch.float32).to(scores.device, non_blocking=True)
+        table[..., 1:] /= scale[:, None, None]
+        valid = torch.arange(k, device=scores.device) < count[:, None]
+        hw = torch.tensor([im.shape[:2] for im in images]).to(scores.device, non_blocking=True)
+        step = max(1, self.NMS_ELEMENTS // (k * k))
+        out: list[Detections] = []
+        for i in range(0, len(images), step):
+            out += self._select(table[i : i + step], valid[i : i + step], hw[i : i + step])
+        return out
 
-    def _decode(self, outs: list[torch.Tensor], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _decode(self, outputs: list[torch.Tensor], b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The raw outputs -> ``(B, N)`` scores, ``(B, N, 4)`` boxes and ``(B, N, 10)`` keypoints
+        (zeros without them) of every anchor, in input pixels, strides in order."""
         w, h = self.input_size
+        n = len(self.strides)
         scores_l, boxes_l, kps_l = [], [], []
         for k, stride in enumerate(self.strides):
-            s = outs[k].reshape(-1)
-            keep = torch.nonzero(s >= self.score_threshold).reshape(-1)
-            scores = s[keep].cpu().numpy()
-            idx = keep.cpu().numpy()
-            centers = anchor_centers(h // stride, w // stride, stride, self.anchors)[idx]
-            dist = outs[k + n].reshape(-1, 4)[keep].cpu().numpy() * stride
-            boxes = np.stack((centers[:, 0] - dist[:, 0], centers[:, 1] - dist[:, 1],
-                              centers[:, 0] + dist[:, 2], centers[:, 1] + dist[:, 3]), -1)
-            scores_l.append(scores)
-            boxes_l.append(boxes)
+            centers = self._centers(h // stride, w // stride, stride, outputs[k].device)
+            scores_l.append(outputs[k].reshape(b, -1))
+            dist = outputs[k + n].reshape(b, -1, 4) * stride  # rank-3 batched outputs and batch-major rows alike
+            boxes_l.append(torch.cat((centers - dist[..., :2], centers + dist[..., 2:]), -1))
             if self.with_kps:
-                kd = outs[k + 2 * n].reshape(-1, 10)[keep].cpu().numpy() * stride
-                kps_l.append(kd.reshape(-1, 5, 2) + centers[:, None, :])
-        kps = np.concatenate(kps_l).astype(np.float32) if self.with_kps else None
-        return np.concatenate(scores_l).astype(np.float32), np.concatenate(boxes_l).astype(np.float32), kps
+                kd = outputs[k + 2 * n].reshape(b, -1, 5, 2) * stride
+                kps_l.append((kd + centers[:, None, :]).reshape(b, -1, 10))
+        scores, boxes = torch.cat(scores_l, 1), torch.cat(boxes_l, 1)
+        kps = torch.cat(kps_l, 1) if self.with_kps else boxes.new_zeros((b, boxes.shape[1], 10))
+        return scores, boxes, kps
 
-    def _finish(self, scores: np.ndarray, boxes: np.ndarray, kps: np.ndarray | None, hw: tuple[int, int]) -> Detections:
-        order = np.argsort(-scores, kind="stable")
-        scores, boxes = scores[order], boxes[order]
-        kps = kps[order] if kps is not None else None
-        keep = nms(boxes, scores, self.nms_threshold)
-        scores, boxes = scores[keep], boxes[keep]
-        kps = kps[keep] if kps is not None else None
-        if self.max_faces and len(boxes) > self.max_faces:
-            pick = select_largest_central(boxes, hw, self.max_faces)
-            scores, boxes = scores[pick], boxes[pick]
-            kps = kps[pick] if kps is not None else None
-        if self.min_size > 0 and len(boxes):
-            big = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_size
-            scores, boxes = scores[big], boxes[big]
-            kps = kps[big] if kps is not None else None
-        return Detections(boxes, scores, kps)
+    def _centers(self, height: int, width: int, stride: int, device: torch.device) -> torch.Tensor:
+        key = (height, width, stride, str(device))
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = torch.tensor(anchor_centers(height, width, stride, self.anchors), device=device)
+        return self._anchor_cache[key]
+
+    def _select(self, table: torch.Tensor, valid: torch.Tensor, hw: torch.Tensor) -> list[Detections]:
+        """NMS, ``max_faces`` and ``min_size`` on ``(B, K, 15)`` candidates (score, box, keypoints;
+        best first), then one copy of the faces to the host."""
+        k = table.shape[1]
+        boxes = table[..., 1:5]
+        final = keep = valid
+        rank = torch.arange(k, device=table.device).expand_as(valid)
+        if self.min_size > 0:
+            final = final & (torch.minimum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]) >= self.min_size)
+        m = min(k, self.max_faces) if self.max_faces else k
+        suppress = suppressors(boxes, valid, self.nms_threshold)
+        while True:
+            keep, settled = greedy_nms_rounds(suppress, valid, keep, self.NMS_ROUNDS)
+            chosen = final & keep
+            if self.max_faces:
+                rank = largest_central_rank(boxes, keep, hw)
+                chosen &= rank < self.max_faces
+            # The chosen faces first, in their order; one copy of their rows, counts and flags.
+            pick = torch.where(chosen, rank, rank + k).argsort(1)[:, :m]
+            rows = table.gather(1, pick[..., None].expand(-1, -1, table.shape[-1]))
+            extra = torch.stack((chosen.sum(1), settled), 1).to(table.dtype)
+            host = torch.cat((rows.reshape(-1), extra.reshape(-1))).cpu().numpy()  # host wait 2
+            counts, settled_h = host[rows.numel():].reshape(-1, 2).T
+            if settled_h.all():
+                break
+        out = []
+        for r, c in zip(host[: rows.numel()].reshape(rows.shape), counts.astype(int)):
+            r = r[:c]
+            kps = r[:, 5:].reshape(-1, 5, 2).copy() if self.with_kps else None
+            out.append(Detections(r[:, 1:5].copy(), r[:, 0].copy(), kps))
+        return out
+
+    def _empty(self) -> Detections:
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                          np.zeros((0, 5, 2), np.float32) if self.with_kps else None)
 
 
 # ---------------------------------------------------------------------------------------------- landmarks

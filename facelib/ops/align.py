@@ -2,8 +2,8 @@
 
 The geometry is insightface's: ``estimate_norm`` (a least-squares similarity from five keypoints to
 ``ARCFACE_DST``, scaled for 112- or 128-pixel crops) and ``norm_crop`` (``cv2.warpAffine`` with a
-black border). On the CPU each crop is one ``cv2.warpAffine``; on CUDA all crops of a batch come from
-one ``grid_sample`` call that reads the frames where they lie.
+black border). On the CPU each crop is one ``cv2.warpAffine``; on CUDA all crops of a batch are sampled
+at once from the uint8 frames where they lie, reading only the pixels the crops need.
 """
 
 from __future__ import annotations
@@ -125,40 +125,45 @@ def warp_faces(
 def warp_faces_torch(
     frames: list[torch.Tensor], frame_of: list[int], matrices: np.ndarray, size: int
 ) -> torch.Tensor:
-    """:func:`warp_faces` with ``grid_sample`` (any device): frames with the same size are sampled
-    in one call, each frame's faces laid side by side in its grid."""
+    """:func:`warp_faces` on any device, for all faces at once, reading only the pixels it needs.
+
+    Each crop pixel maps back to a point of its frame; the four frame pixels around that point are
+    read straight from the uint8 frame and mixed bilinearly (pixels outside the frame are black, as
+    ``cv2.warpAffine``'s border). No frame is converted or copied whole: memory and work grow with
+    faces x crop pixels, whatever the frames' size. One gather per frame that has faces."""
     device = frames[0].device
-    inv = torch.from_numpy(invert_affine(np.asarray(matrices, np.float64))).to(device, torch.float32)
-    ys, xs = torch.meshgrid(
-        torch.arange(size, device=device, dtype=torch.float32),
-        torch.arange(size, device=device, dtype=torch.float32),
-        indexing="ij",
-    )
-    base = torch.stack((xs, ys, torch.ones_like(xs)), dim=-1).reshape(-1, 3)  # (size*size, 3)
-    src = torch.einsum("pk,bjk->bpj", base, inv)  # (B, size*size, 2) in frame pixels
-    out = torch.empty((len(frame_of), size, size, 3), dtype=torch.uint8, device=device)
+    n = len(frame_of)
+    inv = torch.tensor(invert_affine(np.asarray(matrices, np.float64)), dtype=torch.float32)
+    inv = inv.to(device, non_blocking=True)
+    axis = torch.arange(size, device=device, dtype=torch.float32)
+    xs, ys = axis[None, None, :], axis[None, :, None]
+    sx = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]  # (n, S, S)
+    sy = inv[:, 1, 0, None, None] * xs + inv[:, 1, 1, None, None] * ys + inv[:, 1, 2, None, None]
+    x0, y0 = sx.floor(), sy.floor()
+    wx, wy = (sx - x0)[..., None], (sy - y0)[..., None]
+    x0, y0 = x0.long(), y0.long()
+    out = torch.empty((n, size, size, 3), dtype=torch.float32, device=device)
     by_frame: dict[int, list[int]] = {}
     for face, f in enumerate(frame_of):
         by_frame.setdefault(f, []).append(face)
-    per = max(len(v) for v in by_frame.values())
-    order = sorted(by_frame)
-    shape_groups: dict[tuple[int, int], list[int]] = {}
-    for f in order:
-        shape_groups.setdefault(tuple(frames[f].shape[:2]), []).append(f)
-    for (h, w), group in shape_groups.items():
-        images = torch.stack([frames[f] for f in group]).permute(0, 3, 1, 2).float()
-        grid = torch.full((len(group), size, size * per, 2), -2.0, device=device)
-        for gi, f in enumerate(group):
-            for k, face in enumerate(by_frame[f]):
-                pts = src[face]
-                norm = torch.stack(((2 * pts[:, 0] + 1) / w - 1, (2 * pts[:, 1] + 1) / h - 1), dim=-1)
-                grid[gi, :, k * size : (k + 1) * size] = norm.reshape(size, size, 2)
-        sampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        sampled = sampled.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        for gi, f in enumerate(group):
-            for k, face in enumerate(by_frame[f]):
-                out[face] = sampled[gi, :, k * size : (k + 1) * size]
-    return out
+    for f, faces in by_frame.items():
+        frame = frames[f]
+        h, w = frame.shape[:2]
+        flat = frame.reshape(h * w, 3)
+        idx = torch.tensor(faces).to(device, non_blocking=True) if len(faces) < n else slice(None)
+        fx, fy = x0[idx], y0[idx]
+
+        def read(dx: int, dy: int) -> torch.Tensor:
+            x, y = fx + dx, fy + dy
+            inside = ((x >= 0) & (x < w) & (y >= 0) & (y < h))[..., None]
+            pixels = flat[(y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).reshape(-1)].reshape(*x.shape, 3)
+            return pixels.float() * inside
+
+        ax, ay = wx[idx], wy[idx]
+        top = read(0, 0) * (1 - ax) + read(1, 0) * ax
+        bottom = read(0, 1) * (1 - ax) + read(1, 1) * ax
+        out[idx] = top * (1 - ay) + bottom * ay
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def footprint(matrix: np.ndarray, crop_wh: tuple[int, int], frame_hw: tuple[int, int], margin: int = 2) -> tuple[int, int, int, int] | None:

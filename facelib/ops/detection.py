@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import torch
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,3 +47,62 @@ def select_largest_central(boxes: np.ndarray, image_hw: tuple[int, int], max_num
     cy, cx = image_hw[0] // 2, image_hw[1] // 2
     off = ((boxes[:, 0] + boxes[:, 2]) / 2 - cx) ** 2 + ((boxes[:, 1] + boxes[:, 3]) / 2 - cy) ** 2
     return np.argsort(area - off * 2.0)[::-1][:max_num]
+
+
+# ---------------------------------------------------------------------------------------------- batched, on the device
+
+
+def overlap_matrix(boxes: torch.Tensor) -> torch.Tensor:
+    """``(B, K, 4)`` boxes -> ``(B, K, K)`` intersection over union, insightface's arithmetic (areas
+    counted with +1 pixel, float32, the same order of operations as :func:`nms`)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    w = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :]) + 1).clamp_(min=0)
+    h = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :]) + 1).clamp_(min=0)
+    inter = w * h
+    return inter / (areas[:, :, None] + areas[:, None, :] - inter)
+
+
+def suppressors(boxes: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``(B, K, K)`` bool: ``[b, j, i]`` when box ``j`` ranks before box ``i`` (boxes sorted best
+    first) and overlaps it by more than ``threshold``; invalid boxes suppress nothing."""
+    k = boxes.shape[1]
+    earlier = torch.ones((k, k), dtype=torch.bool, device=boxes.device).triu_(1)
+    return (overlap_matrix(boxes) > threshold) & earlier & valid[:, :, None]
+
+
+def greedy_nms_rounds(suppress: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor,
+                      rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy non-maximum suppression of a whole batch, without waiting on the host.
+
+    Greedy NMS keeps box ``i`` when no kept box before it suppresses it. Each round applies that rule
+    to every box at once from the previous round's verdicts; a box's verdict is final once the verdicts
+    of the boxes before it are, so the rounds settle on greedy NMS's own answer (exactly) after as many
+    rounds as the longest chain of suppressions, a handful for faces.
+
+    Args:
+        suppress: ``(B, K, K)`` from :func:`suppressors`.
+        valid: ``(B, K)`` boxes taking part.
+        keep: ``(B, K)`` verdicts to start from (``valid`` at first, or an earlier call's result).
+        rounds: Rounds to run before checking.
+
+    Returns:
+        The verdicts and a ``(B,)`` bool tensor: settled (one more round changed nothing). Where it is
+        false, call again with these verdicts.
+    """
+    for _ in range(rounds):
+        keep = valid & ~(suppress & keep[:, :, None]).any(1)
+    following = valid & ~(suppress & keep[:, :, None]).any(1)
+    return following, (following == keep).all(1)
+
+
+def largest_central_rank(boxes: torch.Tensor, keep: torch.Tensor, image_hw: torch.Tensor) -> torch.Tensor:
+    """:func:`select_largest_central` for a batch: ``(B, K)`` rank of each kept box (0 = best; boxes
+    not kept rank last), from ``(B, K, 4)`` boxes and ``(B, 2)`` integer image sizes."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    centre = (image_hw // 2).to(boxes.dtype)
+    off = ((boxes[..., 0] + boxes[..., 2]) / 2 - centre[:, 1, None]) ** 2 + \
+          ((boxes[..., 1] + boxes[..., 3]) / 2 - centre[:, 0, None]) ** 2
+    value = torch.where(keep, area - off * 2.0, float("-inf"))
+    order = value.sort(dim=1, descending=True, stable=True).indices
+    return torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))

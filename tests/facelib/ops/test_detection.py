@@ -1,0 +1,71 @@
+"""Batched NMS and face selection on the device give the host versions' (insightface's) answers."""
+
+import numpy as np
+import pytest
+import torch
+
+from facestream.facelib.ops.detection import (greedy_nms_rounds, largest_central_rank, nms,
+                                              select_largest_central, suppressors)
+from tests.conftest import all_supported_devices
+
+
+def random_boxes(rng, n):
+    """Clusters of overlapping boxes, as a detector's anchors give around faces, and loners."""
+    centres = rng.uniform(0, 400, (max(1, n // 8), 2))
+    xy = centres[rng.integers(0, len(centres), n)] + rng.normal(0, 12, (n, 2))
+    wh = rng.uniform(20, 60, (n, 2))
+    return np.concatenate([xy, xy + wh], 1).astype(np.float32), rng.uniform(0.5, 1, n).astype(np.float32)
+
+
+def chain(n):
+    """Boxes each overlapping the next by more than 0.4, best first: greedy keeps every other one,
+    and each verdict hangs on the one before (the longest chain of suppressions)."""
+    x = np.arange(n, dtype=np.float32) * 10
+    return np.stack([x, np.zeros(n, np.float32), x + 40, np.full(n, 40, np.float32)], 1), np.linspace(1, 0.5, n).astype(np.float32)
+
+
+def batched_nms(images, threshold, device, rounds):
+    """Every image's boxes sorted best first, padded into one batch, NMS run until it settles."""
+    k = max(len(b) for b, _ in images)
+    boxes = torch.zeros((len(images), k, 4))
+    valid = torch.zeros((len(images), k), dtype=torch.bool)
+    for i, (b, s) in enumerate(images):
+        order = np.argsort(-s, kind="stable")
+        boxes[i, : len(b)] = torch.from_numpy(b[order])
+        valid[i, : len(b)] = True
+    boxes, valid = boxes.to(device), valid.to(device)
+    suppress = suppressors(boxes, valid, threshold)
+    keep, calls = valid, 0
+    while True:
+        keep, settled = greedy_nms_rounds(suppress, valid, keep, rounds)
+        calls += 1
+        if bool(settled.all()):
+            return keep.cpu().numpy(), calls
+
+
+@pytest.mark.parametrize("device", all_supported_devices())
+@pytest.mark.parametrize("rounds", [1, 4])
+def test_batched_nms_keeps_what_greedy_nms_keeps(device, rounds):
+    rng = np.random.default_rng(1)
+    images = [random_boxes(rng, n) for n in (300, 17, 1, 120)] + [chain(25)]
+    keep, calls = batched_nms(images, 0.4, device, rounds)
+    for i, (b, s) in enumerate(images):
+        expected = nms(b, s, 0.4)  # indices into the unsorted boxes, best first
+        order = np.argsort(-s, kind="stable")
+        got = order[np.flatnonzero(keep[i, : len(b)])]
+        assert list(got) == list(expected)
+        assert not keep[i, len(b):].any()
+    assert calls >= 12 // rounds  # the chain takes about a round per link: the check did its work
+
+
+def test_largest_central_rank_matches_the_host_rule():
+    rng = np.random.default_rng(2)
+    boxes, _ = random_boxes(rng, 40)
+    keep = rng.random(40) < 0.6
+    hw = (480, 640)
+    rank = largest_central_rank(torch.from_numpy(boxes)[None], torch.from_numpy(keep)[None],
+                                torch.tensor([hw]))[0].numpy()
+    kept = np.flatnonzero(keep)
+    expected = kept[select_largest_central(boxes[kept], hw, 5)]
+    assert list(np.argsort(rank)[:5]) == list(expected)
+    assert (rank[keep] < keep.sum()).all()  # boxes not kept rank after every kept one
