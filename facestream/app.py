@@ -172,9 +172,9 @@ def anonymize_stages(settings: Settings) -> list[Stage]:
 
 
 def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: str | None = None,
-                 live: bool = False, device: torch.device | None = None) -> list[Stage]:
+                 live: bool = False, device: torch.device | None = None, write_from_s: float = 0.0) -> list[Stage]:
     """Decoder, the mode's processing stages, encoder. The output is claimed first, so that a second
-    run on it fails before any model loads."""
+    run on it fails before any model loads. ``write_from_s``: see :class:`Encoder`."""
     i, o = settings.input, settings.output
     decoder = Decoder(dataclasses.replace(i, audio=i.audio and o.audio != "none"), source=source)
     encoder_settings = o.encoder()
@@ -182,8 +182,21 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
         # A live recording is written in place as fragments: playable up to the last one whatever
         # happens to the run (kill -9, a power cut). Matroska and WebM are playable as written.
         encoder_settings = dataclasses.replace(encoder_settings, fragmented=True)
-    encoder = Encoder(encoder_settings, path=output, in_place=live)
+    encoder = Encoder(encoder_settings, path=output, in_place=live, write_from_s=write_from_s)
     encoder.claim()
+    try:
+        middle, metadata = _middle_stages(settings, faces_jsonl=faces_jsonl, device=device)
+    except BaseException:
+        encoder.release()
+        raise
+    encoder.metadata = metadata
+    return [decoder, *middle, encoder]
+
+
+def _middle_stages(settings: Settings, *, faces_jsonl: str | None,
+                   device: torch.device | None) -> tuple[list[Stage], dict[str, str]]:
+    """The mode's processing stages, and the metadata that marks its output."""
+    o = settings.output
     middle: list[Stage]
     metadata: dict[str, str] = {}
     if settings.mode == "analyze":
@@ -211,8 +224,7 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
         from facestream.stages.export import FacesJsonl
 
         middle.append(FacesJsonl(path=faces_jsonl, landmarks=settings.landmarker.model not in ("auto", "none")))
-    encoder.metadata = metadata
-    return [decoder, *middle, encoder]
+    return middle, metadata
 
 
 def is_live_input(source: str, settings: Settings) -> bool:
@@ -243,7 +255,12 @@ class Job:
     async def arun(self) -> RunReport:
         """Run to the end (or an error, or a stop) and write the statistics (also when it fails)."""
         started = time.time()
-        report = await self.pipeline.arun()
+        try:
+            report = await self.pipeline.arun()
+        finally:
+            sink = self.pipeline.stages[-1]
+            if isinstance(sink, Encoder):
+                sink.release()  # also when a stage failed to start and the encoder never opened
         report.stats.update(
             {
                 "facestream": __version__,
@@ -271,8 +288,12 @@ def prepare_job(
     faces_jsonl: str | None = None,
     progress: Callable[[Progress], None] | None = None,
     overwrite: bool = False,
+    write_from_s: float = 0.0,
 ) -> Job:
     """Check the paths, choose the device and flow policy, and assemble the stages into a :class:`Job`.
+
+    ``write_from_s``: process from the input's start but write only from this time (a segment
+    warming up on the previous one's tail).
 
     Raises:
         PipelineError: a setting, the input or the output is wrong (one line for the user).
@@ -294,7 +315,8 @@ def prepare_job(
         settings = dataclasses.replace(settings, input=dataclasses.replace(settings.input, realtime=True))
         live = True
     policy = settings.flow.resolve(live=live)
-    stages = build_stages(settings, source=source, output=output, faces_jsonl=faces_jsonl, live=live, device=device)
+    stages = build_stages(settings, source=source, output=output, faces_jsonl=faces_jsonl, live=live, device=device,
+                          write_from_s=write_from_s)
     pipeline = Pipeline(
         stages,
         device=device,

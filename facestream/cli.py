@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from facestream.pipeline.runner import RunReport
 
     from .app import Job
+    from .settings import Settings
 
 EPILOG_RUN = """\
 examples:
@@ -30,6 +31,16 @@ examples:
   facestream run clip.mkv -o clip.webm --set input.start=10 --set input.end=25 --stats run.json
 
 Any preset key can be overridden with --set section.key=value (values are read as YAML).
+"""
+
+EPILOG_BATCH = """\
+examples:
+  facestream batch videos/ -o blurred/ --preset anonymize
+  facestream batch 'talks/**/*.mp4' -o swapped/ --source me.jpg --name '{parent}_{stem}.mp4' -j 2
+  facestream batch long.mkv -o out/ --preset anonymize --segments 4 -j 4
+  facestream batch videos/ -o blurred/ --preset anonymize --retry-failed
+
+The exit status is 0 when every file is done, 1 when any failed, 130 when interrupted.
 """
 
 
@@ -65,20 +76,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("input", metavar="INPUT", help="file, rtsp/rtmp/srt/udp/http URL, webcam:N, image, folder or pattern")
     run.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output file (.mp4, .mkv, .mov, .webm)")
-    choice = run.add_mutually_exclusive_group()
-    choice.add_argument("--preset", metavar="NAME", help="a shipped preset (see 'facestream presets'); default: offline")
-    choice.add_argument("--config", metavar="FILE.yaml", help="a preset file of your own")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one preset key (repeatable)")
-    run.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (same as --set device=DEV)")
+    _settings_arguments(run)
     run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
     run.add_argument("--faces-jsonl", metavar="FILE.jsonl", help="write every frame's faces as JSON lines")
-    run.add_argument("--source", action="append", default=[], metavar="IMAGE",
-                     help="swap: an image (or a folder) of the source face (repeatable: the faces are averaged)")
-    run.add_argument("--map", action="append", default=[], metavar="TARGET=SOURCE",
-                     help="swap: the person in TARGET (image or folder) gets the face in SOURCE (repeatable)")
     run.add_argument("-y", "--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run.set_defaults(func=cmd_run)
+
+    batch = sub.add_parser(
+        "batch",
+        help="process many videos into a folder; resumable after a crash",
+        description="Process every INPUT (files, folders of videos, globs) into OUTDIR with a preset. A manifest "
+                    "in OUTDIR records each file: run the same command again after a crash or Ctrl-C and finished "
+                    "files are not redone.",
+        epilog=EPILOG_BATCH,
+        formatter_class=_Formatter,
+    )
+    batch.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, globs ('**' recurses)")
+    batch.add_argument("-o", "--output-dir", required=True, metavar="OUTDIR", help="output folder (made if missing)")
+    _settings_arguments(batch)
+    batch.add_argument("--name", default="{stem}.mp4", metavar="PATTERN",
+                       help="output file names: {stem}, {name}, {ext}, {parent} (default: %(default)s)")
+    batch.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                       help="files (or segments) at once in this process, sharing the models (default: 1)")
+    batch.add_argument("--segments", type=int, default=1, metavar="N",
+                       help="cut each video at keyframes into N segments processed in parallel and joined losslessly")
+    batch.add_argument("--overlap", type=float, default=2.0, metavar="SECONDS",
+                       help="warm-up of each segment on the previous one's tail (default: %(default)s)")
+    batch.add_argument("--retry-failed", action="store_true", help="rerun only the files that failed before")
+    batch.add_argument("-y", "--overwrite", action="store_true", help="replace outputs this batch did not write")
+    batch.set_defaults(func=cmd_batch)
 
     presets = sub.add_parser("presets", help="list the shipped presets", description="List the shipped presets.")
     presets.set_defaults(func=cmd_presets)
@@ -103,8 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .app import prepare_job
+def _settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that make a run's settings (shared by run and batch)."""
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--preset", metavar="NAME", help="a shipped preset (see 'facestream presets'); default: offline")
+    choice.add_argument("--config", metavar="FILE.yaml", help="a preset file of your own")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one preset key (repeatable)")
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:N (same as --set device=DEV)")
+    p.add_argument("--source", action="append", default=[], metavar="IMAGE",
+                   help="swap: an image (or a folder) of the source face (repeatable: the faces are averaged)")
+    p.add_argument("--map", action="append", default=[], metavar="TARGET=SOURCE",
+                   help="swap: the person in TARGET (image or folder) gets the face in SOURCE (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     from .settings import load_settings
 
     overrides = list(args.set)
@@ -122,7 +161,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--map takes TARGET=SOURCE, got {pair!r}")
             entries.append({"target": [target], "source": [source]})
         overrides += ["mode=swap", "select.mode=map", f"swap.map={json.dumps(entries)}"]
-    settings = load_settings(preset=args.preset, config_file=args.config, overrides=overrides)
+    return load_settings(preset=args.preset, config_file=args.config, overrides=overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import prepare_job
+
+    settings = _settings(args)
     job = prepare_job(settings, source=args.input, output=args.output, stats_path=args.stats,
                       faces_jsonl=args.faces_jsonl, overwrite=args.overwrite)
     models = {getattr(s, "models", None) for s in job.pipeline.stages} - {None}
@@ -141,6 +186,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return report.exit_code
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import Batch, BatchOptions, collect_inputs, render_table
+
+    settings = _settings(args)
+    options = BatchOptions(name=args.name, jobs=args.jobs, segments=args.segments, overlap_s=args.overlap,
+                           retry_failed=args.retry_failed, overwrite=args.overwrite)
+    result = Batch(settings, collect_inputs(args.inputs), args.output_dir, options).run()
+    print(render_table(result), file=sys.stderr)
+    return result.exit_code
 
 
 def run_interruptible(job: Job) -> RunReport:

@@ -22,6 +22,7 @@ from facestream.pipeline.errors import OutputError
 from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext, Sink
 
+from facestream.facelib.media.audio import AudioWriter
 from facestream.facelib.media.colour import rgb_to_i420, rgb_to_i420_numpy
 from facestream.facelib.media.transfer import to_host
 
@@ -42,14 +43,6 @@ _CODEC_FAMILY = {
     "hevc_nvenc": "hevc",
     "libvpx-vp9": "vp9",
 }
-# Audio codecs each container takes by stream copy without "experimental" flags.
-_AUDIO_COPY = {
-    "mp4": {"aac", "mp3", "opus", "alac", "flac", "ac3", "eac3"},
-    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_s16be", "pcm_f32le"},
-    "webm": {"opus", "vorbis"},
-    "matroska": None,  # anything FFmpeg's muxer lists
-}
-_AUDIO_REENCODE = {"mp4": "aac", "mov": "aac", "webm": "libopus", "matroska": "libopus"}
 
 
 @dataclass
@@ -142,6 +135,8 @@ class Encoder(Sink):
             playable up to the last fragment whatever happens). Otherwise the file is written beside
             it under a hidden temporary name and moved into place when finalised, so a reader never
             sees half a file and a crashed run never destroys an existing one.
+        write_from_s: Frames earlier than this output time pass through the pipeline (warming up
+            tracks and decisions) but are not written: a segment of a longer video.
 
     Example:
         >>> enc = Encoder(EncoderSettings(preset="ultrafast", crf=0), path="out.mkv")
@@ -152,7 +147,8 @@ class Encoder(Sink):
     name = "encoder"
 
     def __init__(self, settings: EncoderSettings | None = None, *, path: str,
-                 metadata: Mapping[str, str] | None = None, in_place: bool = False) -> None:
+                 metadata: Mapping[str, str] | None = None, in_place: bool = False,
+                 write_from_s: float = 0.0) -> None:
         ext = Path(path).suffix.lower()
         if ext not in CONTAINERS:
             raise OutputError(f"output must end in one of {', '.join(sorted(CONTAINERS))}, got {path!r}")
@@ -161,13 +157,14 @@ class Encoder(Sink):
         self.format = CONTAINERS[ext]
         self.metadata = dict(metadata or {})
         self.in_place = in_place
+        self.write_from_s = write_from_s
         final = Path(path)
         self._write_path = path if in_place else str(final.with_name(f".{final.name}.partial-{os.getpid()}{ext}"))
         self._lock: int | None = None
 
         self._container: Any = None
         self._video: Any = None
-        self._audio_out: list[tuple[Any, bool]] = []  # (output stream, copied?)
+        self._audio: AudioWriter | None = None
         self._ctx: RunContext | None = None
         self._size = (0, 0)
         self._last_pts: int | None = None
@@ -205,7 +202,7 @@ class Encoder(Sink):
         try:
             self._container = av.open(self._write_path, "w", format=self.format, container_options=container_options)
         except (av.error.FFmpegError, OSError) as exc:
-            self._release()
+            self.release()
             raise OutputError(f"cannot create {self.path}: {exc}") from None
         try:
             if family not in self._container.supported_codecs:
@@ -218,7 +215,7 @@ class Encoder(Sink):
             self._container.close()
             self._container = None
             _remove(self._write_path)
-            self._release()
+            self.release()
             raise
         self.codec_used = codec
 
@@ -246,7 +243,8 @@ class Encoder(Sink):
         self._lock = fd
         self._lock_path = lock_path
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Let go of the output's lock (a run that never opened the encoder calls this)."""
         if self._lock is not None:
             _remove(str(self._lock_path))
             os.close(self._lock)
@@ -276,34 +274,14 @@ class Encoder(Sink):
         self._video = stream
 
     def _open_audio(self, templates: list[Any]) -> None:
-        if self.settings.audio == "none":
-            return
-        allowed = _AUDIO_COPY[self.format]
-        supported = self._container.supported_codecs
-        for template in templates:
-            name = template.codec_context.name
-            can_copy = name in supported and (allowed is None or name in allowed)
-            if self.settings.fragmented and self.format in ("mp4", "mov") and not template.codec_context.extradata:
-                # ADTS audio (from MPEG-TS, say) needs its header in the moov, which a fragmented
-                # file writes first: re-encode it.
-                can_copy = False
-            if self.settings.audio == "copy" and can_copy:
-                out = self._container.add_stream_from_template(template)
-                self._audio_out.append((out, True))
-                continue
-            target = _AUDIO_REENCODE[self.format]
-            rate = template.codec_context.sample_rate or 48000
-            if target == "libopus" and rate not in (8000, 12000, 16000, 24000, 48000):
-                rate = 48000
-            out = self._container.add_stream(target, rate=rate)
-            layout = template.codec_context.layout
-            if layout is not None and layout.nb_channels <= 2:
-                out.layout = layout.name
-            log.info("encoder: audio %s re-encoded to %s for %s", name, target, self.format)
-            self._audio_out.append((out, False))
+        if self.settings.audio != "none":
+            self._audio = AudioWriter(self._container, self.format, templates, mode=self.settings.audio,
+                                      fragmented=self.settings.fragmented)
 
     def write(self, frames: list[Frame]) -> None:
         for frame in frames:
+            if frame.time < self.write_from_s - 1e-6:
+                continue
             av_frame = self._to_av(frame.image)
             pts = int(frame.pts)
             if self._last_pts is not None and pts <= self._last_pts:
@@ -320,7 +298,7 @@ class Encoder(Sink):
 
     def close(self) -> None:
         if self._container is None:
-            self._release()
+            self.release()
             return
         try:
             if self.frames_written:
@@ -331,10 +309,8 @@ class Encoder(Sink):
                 self._mux_side(until=self._last_time + self._frame_dt)
                 assert self._ctx is not None
                 self._ctx.side.take_all()
-                for stream, copied in self._audio_out:
-                    if not copied:
-                        for packet in stream.encode(None):
-                            self._container.mux(packet)
+                if self._audio is not None:
+                    self._audio.flush()
         finally:
             container, self._container = self._container, None
             try:
@@ -345,7 +321,7 @@ class Encoder(Sink):
                     log.warning("encoder: no frames were written; %s was not kept", self.path)
                 elif not self.in_place:
                     os.replace(self._write_path, self.path)  # readers never see half a file
-                self._release()
+                self.release()
 
     def report(self) -> dict[str, Any]:
         return {
@@ -353,10 +329,7 @@ class Encoder(Sink):
             "codec": self.codec_used,
             "frames_written": self.frames_written,
             "pts_repaired": self.pts_repaired,
-            "audio_streams": [
-                {"codec": s.codec_context.name, "mode": "copy" if copied else "reencode"}
-                for s, copied in self._audio_out
-            ],
+            "audio_streams": self._audio.describe() if self._audio is not None else [],
             "bytes": os.path.getsize(self.path) if os.path.exists(self.path) else 0,
         }
 
@@ -381,22 +354,9 @@ class Encoder(Sink):
         assert self._ctx is not None
         side = self._ctx.side
         items = side.take_all() if until is None else side.take_until(lambda p: p.time <= until)
-        for item in items:
-            if item.index >= len(self._audio_out):
-                continue
-            stream, copied = self._audio_out[item.index]
-            packet = item.packet
-            if copied:
-                packet.stream = stream
-                self._container.mux(packet)
-                continue
-            try:
-                decoded = packet.decode()
-            except av.error.FFmpegError:
-                continue
-            for audio_frame in decoded:
-                for out_packet in stream.encode(audio_frame):
-                    self._container.mux(out_packet)
+        if self._audio is not None:
+            for item in items:
+                self._audio.write(item)
 
 
 def _codec_options(codec: str, crf: int, preset: str, tune: str | None) -> dict[str, str]:

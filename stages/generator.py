@@ -8,6 +8,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from facestream.facelib.models.factory import AnonymizerStyle, DTypeName, ModelSettings
+from facestream.facelib.models.shared import shared
 from facestream.pipeline.config import positive
 from facestream.pipeline.errors import ConfigError
 from facestream.pipeline.frame import Frame
@@ -144,14 +145,17 @@ class Generator(Transform):
             assert self.models is not None
             path = self.models.path("swapper")
             self.model_file = path.name
-            swapper = InSwapper(path, self.models.options(ctx.device))
+            options = self.models.options(ctx.device)
+            swapper = shared(("inswapper", str(path), repr(options)), lambda: InSwapper(path, options))
             swapper.set_sources(self.people if self.people is not None
                                 else embed_people(self.models, ctx.device, self.sources))
             self._model = swapper
         elif self.kind == "builtin":
             from facestream.facelib.models.swappers import BuiltinSwapper
 
-            swapper = BuiltinSwapper(device=ctx.device, size=self.builtin_size)
+            size = self.builtin_size
+            swapper = shared(("builtin-swapper", str(ctx.device), size),
+                             lambda: BuiltinSwapper(device=ctx.device, size=size))
             swapper.set_sources(self.sources)
             self._model = swapper
             self.model_file = "builtin (dlib 68-point piecewise-affine)"

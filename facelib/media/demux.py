@@ -182,10 +182,13 @@ class Demuxer:
                 return
 
     def _send_audio(self, k: int, packet: av.Packet, shift_s: float) -> None:
-        """Re-time an audio packet onto the output timeline (``t_out = t - shift_s``) and pass it on."""
-        shift = int(round(shift_s / packet.time_base))
-        packet.pts -= shift
-        packet.dts -= shift
-        if packet.pts < 0:
-            return
-        self.on_audio(SidePacket(k, packet))
+        if retime(packet, shift_s):
+            self.on_audio(SidePacket(k, packet))
+
+
+def retime(packet: av.Packet, shift_s: float) -> bool:
+    """Move a packet onto the output timeline (``t_out = t - shift_s``); False if it falls before 0."""
+    shift = int(round(shift_s / packet.time_base))
+    packet.pts -= shift
+    packet.dts -= shift
+    return packet.pts >= 0

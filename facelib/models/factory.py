@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 from facestream.pipeline.config import check, positive
 
 from .packs import PACKS, SWAPPER_FILES, find_model
+from .shared import shared
 
 if TYPE_CHECKING:  # the model code (torch, onnx) loads when a model is made, not with the settings
     import numpy as np
@@ -106,6 +107,11 @@ class ModelSettings:
 
 def make_detector(cfg: ModelSettings, device: torch.device, **kwargs: Any) -> DetectorBackend:
     """kwargs: input_size, score_threshold, nms_threshold, max_faces, min_size; builtin: model, upsample."""
+    key = ("detector", cfg, str(device), tuple(sorted(kwargs.items())))
+    return shared(key, lambda: _make_detector(cfg, device, **kwargs))
+
+
+def _make_detector(cfg: ModelSettings, device: torch.device, **kwargs: Any) -> DetectorBackend:
     builtin_only = ("model", "upsample")
     if cfg.pack == "builtin":
         from .builtin_pack import DlibDetector
@@ -119,6 +125,10 @@ def make_detector(cfg: ModelSettings, device: torch.device, **kwargs: Any) -> De
 
 
 def make_landmarker(cfg: ModelSettings, device: torch.device, kind: LandmarkKind) -> LandmarkBackend:
+    return shared(("landmarker", cfg, str(device), kind), lambda: _make_landmarker(cfg, device, kind))
+
+
+def _make_landmarker(cfg: ModelSettings, device: torch.device, kind: LandmarkKind) -> LandmarkBackend:
     if cfg.pack == "builtin":
         from .builtin_pack import DlibLandmarks
 
@@ -129,6 +139,10 @@ def make_landmarker(cfg: ModelSettings, device: torch.device, kind: LandmarkKind
 
 
 def make_recognizer(cfg: ModelSettings, device: torch.device) -> RecognizerBackend:
+    return shared(("recognizer", cfg, str(device)), lambda: _make_recognizer(cfg, device))
+
+
+def _make_recognizer(cfg: ModelSettings, device: torch.device) -> RecognizerBackend:
     if cfg.pack == "builtin":
         from .builtin_pack import DlibRecognizer
 
