@@ -112,7 +112,7 @@ class ScrfdDetector:
         self.min_size = min_size
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
 
-    NMS_ROUNDS = 4  # rounds of batched NMS before its settling is checked (with the final copy)
+    NMS_ROUNDS = 12  # rounds of batched NMS before its settling is checked (with the final copy)
     NMS_ELEMENTS = 1 << 25  # most (images x candidates x candidates) one NMS works on at once
 
     def detect(self, images: list[torch.Tensor]) -> list[Detections]:
