@@ -1,20 +1,83 @@
 """Moving pictures between host and device memory.
 
 On the CPU these are zero-copy views. On CUDA, uploads go through a small ring of pinned host buffers
-and a copy stream of their own; the compute (default) stream waits on the copy's event, and the new
-tensor is recorded on the compute stream so the caching allocator never reuses it early.
+per picture shape and a copy stream of their own; the compute (current) stream waits on the copy's
+event, and the new tensor is recorded on the compute stream so the caching allocator never reuses it
+early. Pinned memory is bounded: shapes not seen for a while give their buffers back.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
+from typing import Protocol
 
 import numpy as np
 import torch
 
 
+class Fence(Protocol):
+    def synchronize(self) -> None: ...
+
+
+class StagingBuffers:
+    """Host buffers to stage uploads in: up to ``slots`` per (shape, dtype), at most ``max_bytes`` in
+    all. A shape that needs room takes it from the least recently used other shapes; a buffer is
+    handed out again (or freed) only once the copy that last read it has finished (its fence).
+
+    Example:
+        >>> pool = StagingBuffers(slots=2, max_bytes=1000, pin=False)
+        >>> pool.acquire((10, 10), torch.uint8).shape
+        torch.Size([10, 10])
+        >>> pool.bytes, pool.acquire((40, 40), torch.uint8)  # larger than the whole budget: none
+        (100, None)
+    """
+
+    def __init__(self, *, slots: int = 3, max_bytes: int = 256 << 20, pin: bool = True) -> None:
+        self.slots = slots
+        self.max_bytes = max_bytes
+        self.pin = pin
+        self.bytes = 0
+        self._rings: OrderedDict[tuple[tuple[int, ...], torch.dtype], deque[tuple[torch.Tensor, Fence]]] = OrderedDict()
+
+    def acquire(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        """A buffer for this shape, or ``None`` when one would not fit in ``max_bytes`` at all."""
+        key = (tuple(shape), dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes > self.max_bytes:
+            return None
+        ring = self._rings.pop(key, None) or deque()
+        self._rings[key] = ring  # the most recently used
+        while len(ring) < self.slots and self.bytes + nbytes > self.max_bytes and len(self._rings) > 1:
+            self._drop(next(iter(self._rings)))
+        if len(ring) < self.slots and self.bytes + nbytes <= self.max_bytes:
+            self.bytes += nbytes
+            return torch.empty(shape, dtype=dtype, pin_memory=self.pin)
+        host, fence = ring.popleft()
+        fence.synchronize()  # the copy that last read this buffer has finished
+        return host
+
+    def release(self, host: torch.Tensor, fence: Fence) -> None:
+        """Give a buffer back once its copy is queued; ``fence`` says when that copy has finished."""
+        self._rings.setdefault((tuple(host.shape), host.dtype), deque()).append((host, fence))
+
+    def _drop(self, key: tuple[tuple[int, ...], torch.dtype]) -> None:
+        for host, fence in self._rings.pop(key):
+            fence.synchronize()
+            self.bytes -= host.numel() * host.element_size()
+        if self.pin:  # hand the pinned pages back rather than keep them in torch's host cache
+            empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)
+            if empty is not None:
+                empty()
+
+
 class HostToDevice:
     """Uploads host arrays to the run's device.
+
+    Args:
+        device: The run's device.
+        slots: Pinned buffers per picture shape (uploads in flight at once).
+        max_bytes: Pinned memory at most, all shapes together; a picture larger than that is
+            uploaded from pageable memory.
 
     Example:
         >>> up = HostToDevice(torch.device("cpu"))
@@ -22,10 +85,9 @@ class HostToDevice:
         torch.Size([2, 2, 3])
     """
 
-    def __init__(self, device: torch.device, *, slots: int = 3) -> None:
+    def __init__(self, device: torch.device, *, slots: int = 3, max_bytes: int = 256 << 20) -> None:
         self.device = device
-        self._slots = slots
-        self._rings: dict[tuple[tuple[int, ...], str], deque[tuple[torch.Tensor, torch.cuda.Event]]] = {}
+        self.buffers = StagingBuffers(slots=slots, max_bytes=max_bytes, pin=device.type == "cuda")
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def image(self, rgb: np.ndarray) -> torch.Tensor:
@@ -35,22 +97,19 @@ class HostToDevice:
     def upload(self, array: np.ndarray) -> torch.Tensor:
         if self._stream is None:
             return torch.from_numpy(array)
-        key = (array.shape, array.dtype.str)
-        ring = self._rings.setdefault(key, deque())
-        if len(ring) < self._slots:
-            host = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype, pin_memory=True)
-            event = torch.cuda.Event()
-        else:
-            host, event = ring.popleft()
-            event.synchronize()  # the copy that last read this buffer has finished
-        host.numpy()[...] = array
+        source = torch.from_numpy(array)
+        host = self.buffers.acquire(source.shape, source.dtype)
+        if host is None:
+            return source.to(self.device)
+        host.copy_(source)
+        event = torch.cuda.Event()
         with torch.cuda.stream(self._stream):
             dev = host.to(self.device, non_blocking=True)
             event.record(self._stream)
         compute = torch.cuda.current_stream(self.device)
         compute.wait_event(event)
         dev.record_stream(compute)
-        ring.append((host, event))
+        self.buffers.release(host, event)
         return dev
 
 

@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -29,7 +31,9 @@ from onnx import numpy_helper
 from facestream.facelib.models.factory import DTypeName
 from facestream.facelib.models.onnx_torch import OnnxModule, load_model_proto
 
-__all__ = ["Engine", "OrtEngine", "TorchEngine", "create_engine", "default_providers"]
+__all__ = ["BatchSplitter", "Engine", "OrtEngine", "TorchEngine", "create_engine", "default_providers"]
+
+log = logging.getLogger(__name__)
 
 Dim = int | str | None
 _DTYPES: dict[str, torch.dtype] = {
@@ -394,3 +398,47 @@ def create_engine(
     if owned:
         _strip_payloads(model)
     return result
+
+
+class BatchSplitter:
+    """Runs a batched forward in slices, and makes running out of device memory a condition.
+
+    A forward runs on slices of at most ``limit`` items (``None``: the whole batch). When one raises
+    ``torch.OutOfMemoryError``, the cached blocks are handed back, the slice is halved and run again;
+    the smaller limit stays for later batches, and every halving is counted in ``retries``. Only a
+    single item that does not fit is an error.
+
+    Example:
+        >>> split = BatchSplitter(limit=2)
+        >>> [t.tolist() for t in split(lambda x: [x * 2], torch.arange(5))]
+        [[0, 2, 4, 6, 8]]
+    """
+
+    def __init__(self, limit: int | None = None, *, name: str = "model") -> None:
+        self.limit = limit
+        self.name = name
+        self.retries = 0
+
+    def __call__(self, forward: Callable[..., list[torch.Tensor]], *inputs: torch.Tensor,
+                 most: int | None = None) -> list[torch.Tensor]:
+        """``forward(*slices)`` over the inputs' first axis (at most ``most`` items a slice as well);
+        its outputs concatenated along theirs."""
+        n = inputs[0].shape[0]
+        parts: list[list[torch.Tensor]] = []
+        start = 0
+        while start < n:
+            step = min(self.limit or n, most or n, n - start)
+            try:
+                parts.append(forward(*(x[start : start + step] for x in inputs)))
+                start += step
+                continue
+            except torch.OutOfMemoryError:
+                if step == 1:
+                    raise
+            # Out of the except block, so that the failed forward's tensors are released first.
+            self.retries += 1
+            self.limit = step // 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.warning("%s: out of device memory on %d items; retrying %d at a time", self.name, step, self.limit)
+        return parts[0] if len(parts) == 1 else [torch.cat(outs) for outs in zip(*parts)]

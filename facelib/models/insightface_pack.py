@@ -14,7 +14,7 @@ import torch
 from ..ops.align import crop_transform, estimate_norm, invert_affine, transform_points, warp_faces
 from ..ops.detection import anchor_centers, greedy_nms_rounds, largest_central_rank, suppressors
 from ..ops.image import letterbox
-from .engines import create_engine
+from .engines import BatchSplitter, create_engine
 from .packs import load_checked
 
 
@@ -111,6 +111,7 @@ class ScrfdDetector:
         self.max_faces = max_faces
         self.min_size = min_size
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
+        self.split = BatchSplitter(name="detector")
 
     NMS_ROUNDS = 12  # rounds of batched NMS before its settling is checked (with the final copy)
     NMS_ELEMENTS = 1 << 25  # most (images x candidates x candidates) one NMS works on at once
@@ -124,7 +125,7 @@ class ScrfdDetector:
         if not images:
             return []
         blob, scales = letterbox(images, self.input_size)
-        scores, boxes, kps = self._decode(self.engine(blob), len(images))
+        scores, boxes, kps = self._decode(self.split(self.engine, blob), len(images))
         order = scores.sort(dim=1, descending=True, stable=True).indices
         count = (scores >= self.score_threshold).sum(1)
         k = int(count.max())  # host wait 1: the NMS's size
@@ -219,6 +220,7 @@ class LandmarkModel:
         mx = _mxnet_normalisation(model, bn_data=True)
         self.mean, self.std = (0.0, 1.0) if mx else (127.5, 128.0)
         self.engine = options.create("landmarker", path, model)
+        self.split = BatchSplitter(name="landmarker")
 
     def predict(self, frames: list[torch.Tensor], frame_of: list[int], boxes: np.ndarray) -> np.ndarray:
         """``(B, count, 2)`` landmarks in frame pixels (x, y)."""
@@ -226,7 +228,7 @@ class LandmarkModel:
             return np.zeros((0, self.count, 2), np.float32)
         m = crop_transform(boxes, self.size)
         crops = warp_faces(frames, frame_of, m, self.size)
-        (pred,) = self.engine(_blob(crops, self.mean, self.std))
+        (pred,) = self.split(self.engine, _blob(crops, self.mean, self.std))
         pred = pred.cpu().numpy().reshape(len(frame_of), -1, self.dim)[:, -self.count :, :2].astype(np.float32)
         pred = (pred + 1) * (self.size // 2)
         return transform_points(pred, invert_affine(m)).astype(np.float32)
@@ -246,6 +248,7 @@ class ArcFaceModel:
         mx = _mxnet_normalisation(model, bn_data=False)
         self.mean, self.std = (0.0, 1.0) if mx else (127.5, 127.5)
         self.engine = options.create("recognizer", path, model)
+        self.split = BatchSplitter(name="recognizer")
 
     def aligned(self, frames: list[torch.Tensor], frame_of: list[int], kps: np.ndarray) -> torch.Tensor:
         return warp_faces(frames, frame_of, estimate_norm(kps, self.size), self.size)
@@ -258,6 +261,6 @@ class ArcFaceModel:
         return self.embed_crops(self.aligned(frames, frame_of, kps))
 
     def embed_crops(self, crops: torch.Tensor) -> np.ndarray:
-        (out,) = self.engine(_blob(crops, self.mean, self.std))
+        (out,) = self.split(self.engine, _blob(crops, self.mean, self.std))
         out = torch.nn.functional.normalize(out.float(), dim=1)
         return out.cpu().numpy().astype(np.float32)

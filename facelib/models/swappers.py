@@ -20,6 +20,7 @@ from facestream.pipeline.errors import InputError, ModelError
 
 from ..ops.align import estimate_norm, warp_faces
 from .factory import AnonymizerStyle
+from .engines import BatchSplitter
 from .insightface_pack import EngineOptions
 from .packs import load_checked
 
@@ -79,6 +80,7 @@ class InSwapper:
         self._reduced = options.engine == "torch" and options.dtype != "float32"
         self._checked = not self._reduced
         self.fell_back = False
+        self.split = BatchSplitter(name="swapper")
 
     def set_sources(self, embeddings: dict[str, np.ndarray]) -> None:
         """Identity -> unit ArcFace embedding of the source person."""
@@ -97,9 +99,9 @@ class InSwapper:
         device = blob.device
         latent = torch.from_numpy(np.stack([self.latents[f.identity] for f in faces])).to(device)
         # At most FORWARD_FACES faces a forward: the activations of one forward (and the engine's
-        # memory arena, which keeps its largest) stay bounded however many faces a batch holds.
-        step = self.FORWARD_FACES
-        pred = torch.cat([self._run(blob[i : i + step], latent[i : i + step]) for i in range(0, len(faces), step)])
+        # memory arena, which keeps its largest) stay bounded however many faces a batch holds;
+        # fewer after running out of device memory.
+        (pred,) = self.split(lambda b, s: [self._run(b, s)], blob, latent, most=self.FORWARD_FACES)
         # insightface: clip(255 * x, 0, 255) truncated to uint8.
         crops = (pred.clamp(0, 1) * 255.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return [Generated(c, m, a, "inswapper") for c, m, a in zip(crops, matrices, aligned)]
