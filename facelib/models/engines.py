@@ -30,6 +30,7 @@ from onnx import numpy_helper
 
 from facestream.facelib.models.factory import DTypeName
 from facestream.facelib.models.onnx_torch import OnnxModule, load_model_proto
+from facestream.pipeline.device import set_tf32
 
 __all__ = ["BatchSplitter", "Engine", "OrtEngine", "TorchEngine", "create_engine", "default_providers"]
 
@@ -41,7 +42,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-_PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_PROVIDER_PRIORITY = ("CUDAExecutionProvider", "CPUExecutionProvider")
 # Initializers at least this large have their payload dropped from ``Engine.model``.
 _STRIP_BYTES = 1024
 
@@ -73,18 +74,31 @@ class Engine(Protocol):
         ...
 
 
-def default_providers(available: list[str] | None = None) -> list[str]:
-    """TensorRT, CUDA and CPU execution providers, best first, among the available ones.
+def default_providers(
+    available: list[str] | None = None, *, tensorrt_cache: str | os.PathLike[str] | None = None
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The execution providers to ask onnxruntime for, best first, among the available ones.
+
+    CUDA, then CPU. TensorRT comes first only given a cache folder: it builds an engine for every
+    new input shape (minutes for a large model), and keeps engines and timings there for the next run.
 
     Args:
         available: Provider names to choose from; ``onnxruntime.get_available_providers()`` if
             omitted.
+        tensorrt_cache: Folder for TensorRT's engine and timing caches; TensorRT is used only with one.
 
     Returns:
-        The available ones of the three, in that order (onnxruntime falls back along the list).
+        Provider names (TensorRT with its options), in order; onnxruntime falls back along the list.
     """
     available = ort.get_available_providers() if available is None else available
-    chosen = [p for p in _PROVIDER_PRIORITY if p in available]
+    chosen: list[str | tuple[str, dict[str, str]]] = [p for p in _PROVIDER_PRIORITY if p in available]
+    if tensorrt_cache is not None and "TensorrtExecutionProvider" in available:
+        folder = os.fspath(tensorrt_cache)
+        os.makedirs(folder, exist_ok=True)
+        chosen.insert(0, ("TensorrtExecutionProvider", {
+            "trt_engine_cache_enable": "True", "trt_engine_cache_path": folder,
+            "trt_timing_cache_enable": "True", "trt_timing_cache_path": folder,
+        }))
     return chosen or list(available[:1])
 
 
@@ -183,6 +197,7 @@ class TorchEngine(_Base):
         source: str,
         device: torch.device | str = "cpu",
         dtype: DTypeName = "float32",
+        tf32: bool = False,
     ) -> None:
         """Build the module and move it.
 
@@ -191,9 +206,14 @@ class TorchEngine(_Base):
             source: Where it came from, for messages.
             device: Device to run on.
             dtype: ``float32``, ``float16`` or ``bfloat16``.
+            tf32: On CUDA, let float32 convolutions and matrix products use TensorFloat-32 (set
+                process-wide, see :func:`facestream.pipeline.device.set_tf32`); off by default, so
+                float32 results match onnxruntime's.
         """
         super().__init__(model, source)
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            set_tf32(tf32)
         self.dtype = _DTYPES[dtype]
         self.module = OnnxModule(model).to(self.device, self.dtype).eval()
 
@@ -237,6 +257,7 @@ class OrtEngine(_Base):
         providers: list[str] | None = None,
         threads: int | None = None,
         spin: bool = True,
+        tensorrt_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         """Create the session.
 
@@ -249,6 +270,8 @@ class OrtEngine(_Base):
             threads: Intra-op threads; onnxruntime's default if omitted.
             spin: Let idle worker threads spin waiting for work (onnxruntime's default). Off, they
                 sleep, which leaves the cores to other stages running beside this one.
+            tensorrt_cache: With the default providers: TensorRT's cache folder (see
+                :func:`default_providers`).
         """
         super().__init__(model, source)
         self.device = torch.device(device)
@@ -260,7 +283,7 @@ class OrtEngine(_Base):
         self.session = ort.InferenceSession(
             path if path is not None else model.SerializeToString(),
             sess_options=options,
-            providers=providers if providers is not None else default_providers(),
+            providers=providers if providers is not None else default_providers(tensorrt_cache=tensorrt_cache),
         )
         self.providers = self.session.get_providers()
         self._np_types = {
@@ -334,6 +357,8 @@ def create_engine(
     threads: int | None = None,
     model: onnx.ModelProto | None = None,
     spin: bool = True,
+    tf32: bool = False,
+    tensorrt_cache: str | os.PathLike[str] | None = None,
 ) -> TorchEngine | OrtEngine:
     """Load an ONNX model once and wrap it in the chosen engine.
 
@@ -352,6 +377,8 @@ def create_engine(
         threads: onnxruntime intra-op threads. The torch engine uses torch's process-wide
             thread setting (``torch.set_num_threads``), which an engine does not change.
         spin: onnxruntime: let idle worker threads spin (see :class:`OrtEngine`).
+        tf32: torch on CUDA: TensorFloat-32 for float32 (see :class:`TorchEngine`).
+        tensorrt_cache: onnxruntime: TensorRT's cache folder; without one TensorRT is not used.
         model: The file's ModelProto, already parsed (e.g. to check its signature): used instead
             of parsing ``path`` again, and treated as owned.
 
@@ -380,7 +407,7 @@ def create_engine(
         model = load_model_proto(path)
     result: TorchEngine | OrtEngine
     if engine == "torch":
-        result = TorchEngine(model, source=source, device=device, dtype=dtype)
+        result = TorchEngine(model, source=source, device=device, dtype=dtype, tf32=tf32)
     else:
         if owned:
             # onnxruntime reads the weights from the file: drop the parsed copy first, so that a
@@ -394,6 +421,7 @@ def create_engine(
             providers=providers,
             threads=threads,
             spin=spin,
+            tensorrt_cache=tensorrt_cache,
         )
     if owned:
         _strip_payloads(model)

@@ -23,7 +23,9 @@ class EngineOptions:
     """How a model runs: engine, device, precision, onnxruntime providers and threads.
 
     onnxruntime's worker threads do not spin by default here: several stages run models side by
-    side, and a spinning idle session takes the cores the others need (``models.spin``)."""
+    side, and a spinning idle session takes the cores the others need (``models.spin``). ``tf32``:
+    TensorFloat-32 for float32 on CUDA (torch engine; process-wide). ``tensorrt_cache``: a folder
+    for TensorRT's engines (onnxruntime; TensorRT is not used without one)."""
 
     engine: str = "onnxruntime"
     device: torch.device = torch.device("cpu")
@@ -31,6 +33,8 @@ class EngineOptions:
     providers: list[str] | None = None
     threads: int | None = None
     spin: bool = False
+    tf32: bool = False
+    tensorrt_cache: str | None = None
 
     def create(self, role: str, path: Path, model: onnx.ModelProto):  # noqa: ANN201 - an Engine
         providers = self.providers
@@ -40,6 +44,7 @@ class EngineOptions:
             return create_engine(
                 path, engine=self.engine, device=self.device, dtype=self.dtype,  # type: ignore[arg-type]
                 providers=providers, threads=self.threads, model=model, spin=self.spin,
+                tf32=self.tf32, tensorrt_cache=self.tensorrt_cache,
             )
         except ValueError as exc:  # UnsupportedOperatorError included: its message suggests onnxruntime
             from facestream.pipeline.errors import ModelError

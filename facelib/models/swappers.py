@@ -7,7 +7,7 @@ the matrix taking frame pixels to crop pixels; the blender pastes it back.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import get_args
 
@@ -125,9 +125,7 @@ class InSwapper:
 
     def _float32_engine(self):  # noqa: ANN202 - an Engine
         model, _ = load_checked("swapper", self.path)
-        opts = EngineOptions(engine=self.options.engine, device=self.options.device, dtype="float32",
-                             providers=self.options.providers, threads=self.options.threads, spin=self.options.spin)
-        return opts.create("swapper", self.path, model)
+        return replace(self.options, dtype="float32").create("swapper", self.path, model)
 
 
 # ---------------------------------------------------------------------------------------------- builtin

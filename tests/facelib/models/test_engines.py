@@ -180,7 +180,7 @@ def test_bad_arguments(paths: dict[str, str]) -> None:
         create_engine(paths["arcface"], engine="torch", dtype="int8")  # type: ignore[arg-type]
 
 
-def test_onnxruntime_options(paths: dict[str, str]) -> None:
+def test_onnxruntime_options(paths: dict[str, str], tmp_path: Path) -> None:
     engine = create_engine(paths["arcface"], engine="onnxruntime", threads=1)
     assert isinstance(engine, OrtEngine)
     assert engine.session.get_session_options().intra_op_num_threads == 1
@@ -191,12 +191,16 @@ def test_onnxruntime_options(paths: dict[str, str]) -> None:
         "CUDAExecutionProvider",
         "TensorrtExecutionProvider",
     ]
-    assert default_providers(available) == [
-        "TensorrtExecutionProvider",
-        "CUDAExecutionProvider",
-        "CPUExecutionProvider",
-    ]
+    # TensorRT without an engine cache would rebuild its engine for every new shape: CUDA first.
+    assert default_providers(available) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    cache = tmp_path / "trt"
+    first, *rest = default_providers(available, tensorrt_cache=cache)
+    assert rest == ["CUDAExecutionProvider", "CPUExecutionProvider"] and cache.is_dir()
+    name, options = first
+    assert name == "TensorrtExecutionProvider"
+    assert options["trt_engine_cache_enable"] == "True" and options["trt_engine_cache_path"] == str(cache)
+    assert default_providers(["CPUExecutionProvider"], tensorrt_cache=cache) == ["CPUExecutionProvider"]
 
 
 def test_engine_from_model_proto(paths: dict[str, str]) -> None:
@@ -241,6 +245,7 @@ def test_low_precision_on_cpu_stays_close(paths: dict[str, str], dtype: str) -> 
 @skip_no_cuda
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_torch_engine_on_cuda(paths: dict[str, str], dtype: str) -> None:
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default; the engine turns it off
     for family in ("scrfd", "arcface", "inswapper"):
         feeds = _feeds(FAMILIES[family][2], 4)
         expected = create_engine(paths[family], engine="onnxruntime")(**feeds)
@@ -249,3 +254,4 @@ def test_torch_engine_on_cuda(paths: dict[str, str], dtype: str) -> None:
         assert all(g.is_cuda and g.dtype == torch.float32 for g in got)
         tol = 1e-4 if dtype == "float32" else 3e-2
         _close([g.cpu() for g in got], expected, rtol=tol)
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
