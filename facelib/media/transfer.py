@@ -113,6 +113,18 @@ class HostToDevice:
         return dev
 
 
+def to_device(data: np.ndarray | list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Small host data (an array or nested lists: matrices, indices, sizes) as a tensor on ``device``,
+    without making the host wait for the device: the copy is queued on the current stream (CUDA
+    stages pageable memory at once, so ``data`` may change afterwards).
+
+    Example:
+        >>> to_device([[1, 2]], torch.device("cpu"), torch.float32)
+        tensor([[1., 2.]])
+    """
+    return torch.as_tensor(np.asarray(data), dtype=dtype).to(device, non_blocking=True)
+
+
 def to_host(tensor: torch.Tensor) -> np.ndarray:
     """A device tensor as a host array (a view on the CPU; one synchronous copy on CUDA)."""
     if tensor.device.type == "cpu":

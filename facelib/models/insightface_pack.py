@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import torch
 
+from ..media.transfer import to_device
 from ..ops.align import crop_transform, estimate_norm, invert_affine, transform_points, warp_faces
 from ..ops.detection import anchor_centers, greedy_nms_rounds, largest_central_rank, suppressors
 from ..ops.image import letterbox
@@ -139,10 +140,10 @@ class ScrfdDetector:
         # The candidates of each frame, best first (ties in anchor order): score, box, keypoints.
         table = torch.cat((scores[..., None], boxes, kps), -1)
         table = table.gather(1, order[:, :k, None].expand(-1, -1, table.shape[-1]))
-        scale = torch.tensor(scales, dtype=torch.float32).to(scores.device, non_blocking=True)
+        scale = to_device(scales, scores.device, torch.float32)
         table[..., 1:] /= scale[:, None, None]
         valid = torch.arange(k, device=scores.device) < count[:, None]
-        hw = torch.tensor([im.shape[:2] for im in images]).to(scores.device, non_blocking=True)
+        hw = to_device([tuple(im.shape[:2]) for im in images], scores.device)
         step = max(1, self.NMS_ELEMENTS // (k * k))
         out: list[Detections] = []
         for i in range(0, len(images), step):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from facestream.pipeline.errors import InputError, ModelError
 
+from ..media.transfer import to_device
 from ..ops.align import estimate_norm, warp_faces
 from .factory import AnonymizerStyle
 from .engines import BatchSplitter
@@ -97,7 +98,7 @@ class InSwapper:
         aligned = warp_faces(frames, frame_of, matrices, self.size)
         blob = aligned.permute(0, 3, 1, 2).float() / 255.0
         device = blob.device
-        latent = torch.from_numpy(np.stack([self.latents[f.identity] for f in faces])).to(device)
+        latent = to_device(np.stack([self.latents[f.identity] for f in faces]), device)
         # At most FORWARD_FACES faces a forward: the activations of one forward (and the engine's
         # memory arena, which keeps its largest) stay bounded however many faces a batch holds;
         # fewer after running out of device memory.
@@ -226,10 +227,10 @@ class BuiltinSwapper:
             crop[~inside] = 0
             return torch.from_numpy(crop), inside.astype(np.float32)
         device = src.image.device
-        grid = torch.from_numpy(np.stack(((2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1), -1)).to(device)[None]
+        grid = to_device(np.stack(((2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1), -1), device)[None]
         img = src.image.permute(2, 0, 1)[None].float()
         crop = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-        crop = crop.permute(1, 2, 0) * torch.from_numpy(inside).to(device)[..., None]
+        crop = crop.permute(1, 2, 0) * to_device(inside, device)[..., None]
         return crop.round().clamp(0, 255).to(torch.uint8), inside.astype(np.float32)
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..media.transfer import to_device
+
 ARCFACE_DST = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,
@@ -133,8 +135,7 @@ def warp_faces_torch(
     faces x crop pixels, whatever the frames' size. One gather per frame that has faces."""
     device = frames[0].device
     n = len(frame_of)
-    inv = torch.tensor(invert_affine(np.asarray(matrices, np.float64)), dtype=torch.float32)
-    inv = inv.to(device, non_blocking=True)
+    inv = to_device(invert_affine(np.asarray(matrices, np.float64)), device, torch.float32)
     axis = torch.arange(size, device=device, dtype=torch.float32)
     xs, ys = axis[None, None, :], axis[None, :, None]
     sx = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]  # (n, S, S)
@@ -150,7 +151,7 @@ def warp_faces_torch(
         frame = frames[f]
         h, w = frame.shape[:2]
         flat = frame.reshape(h * w, 3)
-        idx = torch.tensor(faces).to(device, non_blocking=True) if len(faces) < n else slice(None)
+        idx = to_device(faces, device) if len(faces) < n else slice(None)
         fx, fy = x0[idx], y0[idx]
 
         def read(dx: int, dy: int) -> torch.Tensor:
@@ -232,8 +233,8 @@ def warp_to_regions_torch(crops: list[torch.Tensor], matrices: list[np.ndarray],
         hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
         ys, xs = torch.meshgrid(torch.arange(hmax, device=device, dtype=torch.float32),
                                 torch.arange(wmax, device=device, dtype=torch.float32), indexing="ij")
-        m = torch.tensor(np.stack([np.asarray(matrices[i], np.float64) for i in idx]), dtype=torch.float32, device=device)
-        origin = torch.tensor([[regions[i][0], regions[i][1]] for i in idx], dtype=torch.float32, device=device)
+        m = to_device(np.stack([np.asarray(matrices[i], np.float64) for i in idx]), device, torch.float32)
+        origin = to_device([[regions[i][0], regions[i][1]] for i in idx], device, torch.float32)
         fx = xs[None] + origin[:, 0, None, None]
         fy = ys[None] + origin[:, 1, None, None]
         cx = m[:, 0, 0, None, None] * fx + m[:, 0, 1, None, None] * fy + m[:, 0, 2, None, None]

@@ -46,3 +46,20 @@ def count_host_syncs() -> Iterator[Counter]:
         for name, fn in saved.items():
             setattr(torch.Tensor, name, fn)
         torch.nonzero = saved_nonzero
+
+
+@contextlib.contextmanager
+def count_cuda_syncs() -> Iterator[list]:
+    """The synchronising CUDA calls made inside the block, as PyTorch's sync debug mode reports
+    them (one warning each: copies to the host, blocking uploads, ``.item()``, ``nonzero``...)."""
+    import warnings
+
+    found: list = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    found += [str(w.message) for w in caught if "synchroniz" in str(w.message)]

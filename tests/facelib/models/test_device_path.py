@@ -12,14 +12,11 @@ from facestream.facelib.face import Face
 from facestream.facelib.models import insightface_pack, swappers
 from facestream.facelib.models.insightface_pack import ArcFaceModel, EngineOptions, LandmarkModel, ScrfdDetector
 from facestream.facelib.models.swappers import InSwapper
-from facestream.facelib.ops.align import warp_faces_torch
+from facestream.facelib.ops.align import footprint, warp_faces_torch, warp_to_regions_torch
 from facestream.facelib.ops.image import letterbox
 from tests import modelgen
-from tests.facelib.syncs import count_host_syncs
+from tests.facelib.syncs import count_cuda_syncs, count_host_syncs
 from tests.stages.test_analysis import photos
-
-TORCH = EngineOptions(engine="torch")
-
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
@@ -53,22 +50,38 @@ def workloads(detector):
     return out
 
 
-def test_host_waits_per_batch_do_not_grow_with_frames_or_faces(pack, device_path):
-    detector = ScrfdDetector(pack / "det_10g.onnx", TORCH)
-    landmarks = LandmarkModel(pack / "2d106det.onnx", TORCH)
-    arcface = ArcFaceModel(pack / "w600k_r50.onnx", TORCH)
-    swapper = InSwapper(pack / "inswapper_128.onnx", TORCH)
+def make_models(pack, device):
+    options = EngineOptions(engine="torch", device=torch.device(device))
+    swapper = InSwapper(pack / "inswapper_128.onnx", options)
     swapper.set_sources({"a": np.random.default_rng(0).normal(size=512).astype(np.float32)})
+    return (ScrfdDetector(pack / "det_10g.onnx", options), LandmarkModel(pack / "2d106det.onnx", options),
+            ArcFaceModel(pack / "w600k_r50.onnx", options), swapper)
+
+
+def steps(models, frames, frame_of, faces):
+    """Each step of a swap run's device path, as a callable."""
+    detector, landmarks, arcface, swapper = models
+    made = []
+
+    def paste():  # the blender's warp of each new face back into its frame region
+        regions = [footprint(g.matrix, (g.size, g.size), tuple(frames[f].shape[:2])) for f, g in zip(frame_of, made)]
+        warp_to_regions_torch([g.crop for g in made], [g.matrix for g in made], regions)
+
+    return {
+        "detect": lambda: detector.detect(frames),
+        "landmarks": lambda: landmarks.predict(frames, frame_of, np.stack([f.box for f in faces])),
+        "embed": lambda: arcface.embed(frames, frame_of, faces),
+        "swap": lambda: made.extend(swapper.generate(frames, frame_of, faces)),
+        "paste": paste,
+    }
+
+
+def test_host_waits_per_batch_do_not_grow_with_frames_or_faces(pack, device_path):
+    models = make_models(pack, "cpu")
     counts = []
-    for frames, frame_of, faces in workloads(detector):
-        steps = {
-            "detect": lambda: detector.detect(frames),
-            "landmarks": lambda: landmarks.predict(frames, frame_of, np.stack([f.box for f in faces])),
-            "embed": lambda: arcface.embed(frames, frame_of, faces),
-            "swap": lambda: swapper.generate(frames, frame_of, faces),
-        }
+    for work in workloads(models[0]):
         seen = {}
-        for name, step in steps.items():
+        for name, step in steps(models, *work).items():
             with count_host_syncs() as n:
                 step()
             seen[name] = dict(n)
@@ -76,6 +89,25 @@ def test_host_waits_per_batch_do_not_grow_with_frames_or_faces(pack, device_path
     one, eight = counts
     assert one == eight
     # Detection: the NMS's size, then the final faces (.cpu().numpy(): one copy). Landmarks and
-    # embeddings: their results, once. The swapper's crops stay on the device.
+    # embeddings: their results, once. The swapper's crops stay on the device, and so does paste-back.
     assert one == {"detect": {"__int__": 1, "cpu": 1, "numpy": 1}, "landmarks": {"cpu": 1, "numpy": 1},
-                   "embed": {"cpu": 1, "numpy": 1}, "swap": {}}
+                   "embed": {"cpu": 1, "numpy": 1}, "swap": {}, "paste": {}}
+
+
+@pytest.mark.needs_cuda
+def test_cuda_synchronisations_per_batch_do_not_grow(pack):
+    models = make_models(pack, "cuda")
+    counts = []
+    for frames, frame_of, faces in workloads(models[0]):
+        frames = [f.cuda() for f in frames]
+        torch.cuda.synchronize()
+        seen = {}
+        for name, step in steps(models, frames, frame_of, faces).items():
+            with count_cuda_syncs() as found:
+                step()
+            seen[name] = len(found)
+        counts.append(seen)
+    one, eight = counts
+    assert one == eight
+    assert one["detect"] <= 2 and one["landmarks"] <= 1 and one["embed"] <= 1, one
+    assert one["swap"] == one["paste"] == 0, one
