@@ -131,17 +131,18 @@ class ScrfdDetector:
         if not images:
             return []
         blob, scales = letterbox(images, self.input_size)
-        scores, boxes, kps = self._decode(self.split(self.engine, blob), len(images))
-        order = scores.sort(dim=1, descending=True, stable=True).indices
+        outputs = self.split(self.engine, blob)
+        b, n = len(images), len(self.strides)
+        scores = torch.cat([o.reshape(b, -1) for o in outputs[:n]], 1)  # (B, N): every anchor, strides in order
         count = (scores >= self.score_threshold).sum(1)
         k = int(count.max())  # host wait 1: the NMS's size
         if k == 0:
             return [self._empty() for _ in images]
-        # The candidates of each frame, best first (ties in anchor order): score, box, keypoints.
-        table = torch.cat((scores[..., None], boxes, kps), -1)
-        table = table.gather(1, order[:, :k, None].expand(-1, -1, table.shape[-1]))
-        scale = to_device(scales, scores.device, torch.float32)
-        table[..., 1:] /= scale[:, None, None]
+        # Each frame's candidates best first, ties in anchor order (a stable sort of the top k).
+        index = scores.topk(k, dim=1).indices.sort(1).values
+        top = scores.gather(1, index).sort(dim=1, descending=True, stable=True)
+        table = self._decode(outputs, index.gather(1, top.indices), top.values)
+        table[..., 1:] /= to_device(scales, scores.device, torch.float32)[:, None, None]
         valid = torch.arange(k, device=scores.device) < count[:, None]
         hw = to_device([tuple(im.shape[:2]) for im in images], scores.device)
         step = max(1, self.NMS_ELEMENTS // (k * k))
@@ -150,23 +151,31 @@ class ScrfdDetector:
             out += self._select(table[i : i + step], valid[i : i + step], hw[i : i + step])
         return out
 
-    def _decode(self, outputs: list[torch.Tensor], b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The raw outputs -> ``(B, N)`` scores, ``(B, N, 4)`` boxes and ``(B, N, 10)`` keypoints
-        (zeros without them) of every anchor, in input pixels, strides in order."""
+    def _decode(self, outputs: list[torch.Tensor], index: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The anchors at ``index`` (``(B, K)`` into every anchor, strides in order) decoded:
+        ``(B, K, 15)`` score, box and keypoints (zeros without them), in input pixels."""
         w, h = self.input_size
-        n = len(self.strides)
-        scores_l, boxes_l, kps_l = [], [], []
+        b, n = index.shape[0], len(self.strides)
+        table = scores.new_zeros((*index.shape, 15))
+        table[..., 0] = scores
+        start = 0
         for k, stride in enumerate(self.strides):
-            centers = self._centers(h // stride, w // stride, stride, outputs[k].device)
-            scores_l.append(outputs[k].reshape(b, -1))
-            dist = outputs[k + n].reshape(b, -1, 4) * stride  # rank-3 batched outputs and batch-major rows alike
-            boxes_l.append(torch.cat((centers - dist[..., :2], centers + dist[..., 2:]), -1))
+            size = outputs[k].numel() // b
+            local = (index - start).clamp(0, size - 1)
+            mine = ((index >= start) & (index < start + size))[..., None]
+            centers = self._centers(h // stride, w // stride, stride, index.device)[local]  # (B, K, 2)
+
+            def rows(o: torch.Tensor, width: int) -> torch.Tensor:  # rank-3 batched outputs and batch-major rows alike
+                return o.reshape(b, -1, width).gather(1, local[..., None].expand(-1, -1, width)) * stride
+
+            dist = rows(outputs[k + n], 4)
+            parts = [centers - dist[..., :2], centers + dist[..., 2:]]
             if self.with_kps:
-                kd = outputs[k + 2 * n].reshape(b, -1, 5, 2) * stride
-                kps_l.append((kd + centers[:, None, :]).reshape(b, -1, 10))
-        scores, boxes = torch.cat(scores_l, 1), torch.cat(boxes_l, 1)
-        kps = torch.cat(kps_l, 1) if self.with_kps else boxes.new_zeros((b, boxes.shape[1], 10))
-        return scores, boxes, kps
+                parts.append((rows(outputs[k + 2 * n], 10).reshape(b, -1, 5, 2) + centers[:, :, None]).reshape(b, -1, 10))
+            decoded = torch.cat(parts, -1)
+            table[..., 1 : 1 + decoded.shape[-1]] = torch.where(mine, decoded, table[..., 1 : 1 + decoded.shape[-1]])
+            start += size
+        return table
 
     def _centers(self, height: int, width: int, stride: int, device: torch.device) -> torch.Tensor:
         key = (height, width, stride, str(device))

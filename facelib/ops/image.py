@@ -30,7 +30,8 @@ def letterbox(
     """
     device = images[0].device
     w_in, h_in = size
-    blob = torch.zeros((len(images), 3, h_in, w_in), dtype=torch.float32, device=device)
+    blob = torch.empty((len(images), 3, h_in, w_in), dtype=torch.float32, device=device)
+    pad = (0.0 - mean) / std
     scales = []
     torch_path = device.type != "cpu" if use_torch is None else use_torch
     for i, img in enumerate(images):
@@ -38,9 +39,11 @@ def letterbox(
         scales.append(nh / img.shape[0])
         if torch_path:
             x = img.permute(2, 0, 1)[None].float()
-            resized = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)[0]
-            blob[i, :, :nh, :nw] = resized.round_().clamp_(0, 255)
+            resized = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)[0].round_().clamp_(0, 255)
         else:
-            resized = torch.from_numpy(cv2.resize(img.numpy(), (nw, nh)))
-            blob[i, :, :nh, :nw] = resized.permute(2, 0, 1).float()
-    return (blob - mean) / std, scales
+            resized = torch.from_numpy(cv2.resize(img.numpy(), (nw, nh))).permute(2, 0, 1).float()
+        # Normalised where the picture is, the padding's value elsewhere: each value written once.
+        torch.div(resized.sub_(mean), std, out=blob[i, :, :nh, :nw])
+        blob[i, :, nh:, :] = pad
+        blob[i, :, :nh, nw:] = pad
+    return blob, scales
