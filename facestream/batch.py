@@ -125,6 +125,9 @@ class BatchOptions:
         overlap_s: Warm-up before each segment (the previous segment's tail), in seconds.
         retry_failed: Rerun only the files that failed before.
         overwrite: Replace outputs that exist but this batch did not write.
+        backend: ``local`` (threads of this process) or ``ray`` (actors on a Ray cluster).
+        address: The Ray cluster (``auto``, ``HOST:PORT``); None starts a local one.
+        ray_cpus: CPUs each Ray actor reserves (on a CPU run).
     """
 
     name: str = "{stem}.mp4"
@@ -133,6 +136,9 @@ class BatchOptions:
     overlap_s: float = 2.0
     retry_failed: bool = False
     overwrite: bool = False
+    backend: str = "local"
+    address: str | None = None
+    ray_cpus: float = 1.0
 
 
 @dataclass
@@ -192,6 +198,8 @@ class Batch:
         self.options = options or BatchOptions()
         if self.options.jobs < 1 or self.options.segments < 1:
             raise ConfigError("--jobs and --segments must be at least 1")
+        if self.options.backend not in ("local", "ray"):
+            raise ConfigError(f"--backend must be local or ray, got {self.options.backend!r}")
         self.outdir = Path(outdir)
         if self.outdir.exists() and not self.outdir.is_dir():
             raise OutputError(f"the output folder is a file: {self.outdir}")
@@ -206,6 +214,9 @@ class Batch:
         self._lock = threading.Lock()
         self._jobs: dict[int, Any] = {}  # running unit id -> Job
         self._stopping = 0
+        self._stop_event = threading.Event()
+        self._devices: list[str] = []
+        self._pool: Any = None
         self._segments_left: dict[Path, int] = {}
         self._began: dict[Path, float] = {}  # when a file's first segment started
         self._results: dict[Path, FileResult] = {}
@@ -226,6 +237,8 @@ class Batch:
                     self._work(units)
             finally:
                 self.manifest.close()
+                if self._pool is not None:
+                    self._pool.close()
         result = BatchResult([self._results[p] for p in self.inputs], interrupted=self._stopping > 0,
                              wall_s=time.monotonic() - t0)
         self._progress.end()
@@ -312,14 +325,25 @@ class Batch:
         todo: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
         for u in units:
             todo.put(u)
-        workers = min(self.options.jobs, len(units))
-        if self.settings.threads is None and workers > 1:
+        if not units:
+            return
+        self._devices = self._spread()
+        workers = self.options.jobs
+        if self.options.backend == "ray":
+            from .ray_backend import RayPool
+
+            gpu = self.settings.device.startswith("cuda")
+            self._pool = RayPool(slots=None if self.options.jobs == 1 else self.options.jobs,
+                                 address=self.options.address, cpus=self.options.ray_cpus, gpu=gpu)
+            workers = self._pool.slots
+        workers = min(workers, len(units))
+        if self.settings.threads is None and workers > 1 and self._pool is None:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
         for _ in range(workers):
             todo.put(None)
-        threads = [threading.Thread(target=self._worker, args=(todo,), name=f"batch-{i}", daemon=True)
+        threads = [threading.Thread(target=self._worker, args=(todo, i), name=f"batch-{i}", daemon=True)
                    for i in range(workers)]
         for t in threads:
             t.start()
@@ -328,27 +352,42 @@ class Batch:
                 t.join(0.2)
             self._progress.tick()
 
-    def _worker(self, todo: queue.SimpleQueue[_Unit | None]) -> None:
+    def _spread(self) -> list[str]:
+        """The devices the workers take turns on: several for ``cuda:all`` or a list, else one."""
+        spec = self.settings.device
+        if spec != "cuda:all" and "," not in spec:
+            return [spec]
+        if self.options.backend == "ray":
+            return ["cuda"]  # Ray gives each actor its own GPU
+        from facestream.pipeline.device import resolve_devices
+
+        return [str(d) for d in resolve_devices(spec)]
+
+    def _worker(self, todo: queue.SimpleQueue[_Unit | None], slot: int) -> None:
+        settings = self.settings
+        device = self._devices[slot % len(self._devices)]
+        if device != settings.device:
+            settings = dataclasses.replace(settings, device=device)
         while True:
             unit = todo.get()
             if unit is None or self._stopping:
                 return
             try:
                 if unit.segment is None:
-                    self._run_file(unit)
+                    self._run_file(unit, settings, slot)
                 else:
-                    self._run_segment(unit)
+                    self._run_segment(unit, settings, slot)
             except Exception as exc:  # noqa: BLE001 - one file's failure never stops the batch
                 log.info("batch: %s failed", unit.label, exc_info=True)
                 self._failed(unit, f"{type(exc).__name__}: {exc}")
 
-    def _run_file(self, unit: _Unit) -> None:
+    def _run_file(self, unit: _Unit, settings: Settings, slot: int) -> None:
         m = self.manifest
         assert m is not None
         key = str(unit.input)
         tmp = _hidden(unit.output)
         m.start(key)
-        report = self._run_job(unit, self.settings, str(tmp))
+        report = self._run_job(unit, settings, str(tmp), slot)
         if report is None or self._stopping:  # a stopped run's output is not the whole file
             _remove(tmp)
             if self._stopping:
@@ -366,7 +405,7 @@ class Batch:
         os.replace(tmp, unit.output)
         self._done(unit, report.stats.get("frames_out"), report.stats.get("wall_s"), report.stats)
 
-    def _run_segment(self, unit: _Unit) -> None:
+    def _run_segment(self, unit: _Unit, settings: Settings, slot: int) -> None:
         m = self.manifest
         assert m is not None
         key = str(unit.input)
@@ -376,15 +415,14 @@ class Batch:
                 self._began.setdefault(unit.input, time.monotonic())
             m.segment_state(key, unit.segment, "running")
             settings = dataclasses.replace(
-                self.settings,
-                input=dataclasses.replace(self.settings.input, start=plan.decode_from_s or None,
-                                          end=plan.decode_until_s),
-                output=dataclasses.replace(self.settings.output, audio="none"),
+                settings,
+                input=dataclasses.replace(settings.input, start=plan.decode_from_s or None, end=plan.decode_until_s),
+                output=dataclasses.replace(settings.output, audio="none"),
             )
             path = self._segment_path(unit)
             path.parent.mkdir(parents=True, exist_ok=True)
             _remove(path)
-            report = self._run_job(unit, settings, str(path), write_from_s=plan.write_from_s)
+            report = self._run_job(unit, settings, str(path), slot, write_from_s=plan.write_from_s)
             if report is None or self._stopping:
                 _remove(path)
                 if self._stopping:
@@ -422,13 +460,25 @@ class Batch:
         shutil.rmtree(self._segment_path(unit).parent, ignore_errors=True)
         self._done(unit, frames, time.monotonic() - t0, None)
 
-    def _run_job(self, unit: _Unit, settings: Settings, output: str, **options: Any) -> RunReport | None:
+    def _run_job(self, unit: _Unit, settings: Settings, output: str, slot: int,
+                 write_from_s: float = 0.0) -> RunReport | None:
         """Prepare and run one pipeline; a setup error fails the file (None is returned)."""
         from .app import prepare_job
 
+        if self._pool is not None:
+            self._progress.reporter(unit.label)(_started())
+            try:
+                report = self._pool.run(slot, settings, str(unit.input), output, write_from_s, self._stop_event)
+            finally:
+                self._progress.forget(unit.label)
+                _remove_encoder_leftovers(Path(output))  # left by a worker that died writing it
+            if report is not None and report.status == "error" and not report.stats:
+                self._failed(unit, str(report.error))  # the pipeline could not be set up
+                return None
+            return report
         try:
             job = prepare_job(settings, source=str(unit.input), output=output, overwrite=True,
-                              progress=self._progress.reporter(unit.label), **options)
+                              progress=self._progress.reporter(unit.label), write_from_s=write_from_s)
         except PipelineError as exc:
             self._failed(unit, str(exc))
             return None
@@ -471,6 +521,7 @@ class Batch:
         self._progress.file_line(f"failed {unit.input.name}: {reason}")
 
     def _interrupt(self, signum: int) -> None:
+        self._stop_event.set()
         with self._lock:
             self._stopping += 1
             jobs = list(self._jobs.values())
@@ -500,6 +551,11 @@ class Batch:
                     _remove(p)
 
 
+def _started() -> Progress:
+    return Progress(elapsed_s=0.0, frames_in=0, frames_out=0, frames_dropped=0, fps=0.0, total_frames=None,
+                    live=False, latency_p95_ms=0.0)
+
+
 def _hidden(output: Path) -> Path:
     return output.with_name(f".{output.stem}.unfinished{output.suffix}")
 
@@ -519,6 +575,13 @@ def _finished_before_crash(row: Any, out: Path) -> bool:
         return row.started is not None and out.stat().st_mtime >= row.started - 1.0 and not _hidden(out).exists()
     except OSError:
         return False
+
+
+def _remove_encoder_leftovers(output: Path) -> None:
+    """The encoder's partial file and lock beside ``output``, left by a process that died."""
+    for p in output.parent.glob(f".{glob.escape(output.name)}.*"):
+        if ".partial-" in p.name or p.name.endswith(".lock"):
+            _remove(p)
 
 
 def _remove(path: Path) -> None:

@@ -39,6 +39,7 @@ examples:
   facestream batch 'talks/**/*.mp4' -o swapped/ --source me.jpg --name '{parent}_{stem}.mp4' -j 2
   facestream batch long.mkv -o out/ --preset anonymize --segments 4 -j 4
   facestream batch videos/ -o blurred/ --preset anonymize --retry-failed
+  facestream batch /shared/videos -o /shared/out --preset anonymize --backend ray --address head:6379
 
 The exit status is 0 when every file is done, 1 when any failed, 130 when interrupted.
 """
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--overlap", type=float, default=2.0, metavar="SECONDS",
                        help="warm-up of each segment on the previous one's tail (default: %(default)s)")
     batch.add_argument("--retry-failed", action="store_true", help="rerun only the files that failed before")
+    batch.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="local: this process; ray: actors on a Ray cluster (pip install 'facestream[ray]')")
+    batch.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster to join (default: start a local one)")
+    batch.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="ray: CPUs per actor (default: 1)")
     batch.add_argument("-y", "--overwrite", action="store_true", help="replace outputs this batch did not write")
     batch.set_defaults(func=cmd_batch)
 
@@ -193,7 +198,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     options = BatchOptions(name=args.name, jobs=args.jobs, segments=args.segments, overlap_s=args.overlap,
-                           retry_failed=args.retry_failed, overwrite=args.overwrite)
+                           retry_failed=args.retry_failed, overwrite=args.overwrite, backend=args.backend,
+                           address=args.address, ray_cpus=args.ray_cpus)
     result = Batch(settings, collect_inputs(args.inputs), args.output_dir, options).run()
     print(render_table(result), file=sys.stderr)
     return result.exit_code

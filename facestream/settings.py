@@ -79,7 +79,8 @@ class Settings:
     Attributes:
         description: One line shown by ``facestream presets``.
         mode: ``passthrough``, ``analyze``, ``swap`` or ``anonymize``.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; for batches also
+            ``cuda:all`` or a list (``cuda:0,1``): files and segments are spread over them.
         threads: Torch CPU threads (default: torch's own choice).
     """
 
@@ -110,8 +111,8 @@ class Settings:
         if self.select.mode == "map" and not self.swap.map:
             raise FieldError("swap.map", "must give target and source images for select.mode map (or --map T=S)",
                              self.swap.map)
-        check(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)), "device", self.device,
-              "must be auto, cpu, cuda or cuda:N")
+        check(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?|cuda:all|cuda:\d+(,(cuda:)?\d+)+", self.device)), "device",
+              self.device, "must be auto, cpu, cuda, cuda:N, cuda:all or a list like cuda:0,1")
         positive(self, "threads")
 
 

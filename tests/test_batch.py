@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -297,3 +298,72 @@ def test_a_person_crossing_a_segment_boundary_keeps_one_decision(scene, tmp_path
     # close to, not bit-identical with, a single pipeline's).
     diffs = [np.abs(x.astype(int) - y.astype(int)).mean() for x, y in zip(a, b)]
     assert max(diffs) < 1.0, max(diffs)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real Ray cluster on this machine: a head and a second node, each its own raylet process.
+    (Ray rewrites 127.0.0.1 to the machine's own address when a driver connects, so the nodes
+    listen there; both run here.)"""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    common = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
+    cluster = Cluster(initialize_head=True, head_node_args={**common, "include_dashboard": False})
+    cluster.add_node(**common)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def _actor_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::PipelineActor"], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+@pytest.mark.slow
+def test_ray_cluster_runs_a_batch_across_two_nodes_and_survives_a_killed_worker(ray_cluster, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        make_clip(src / f"c{i}.mp4", seconds=3.0, audio="aac", size=(256, 192))
+    (src / "broken.mp4").write_bytes((src / "c0.mp4").read_bytes()[:2000])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "facestream", "batch", str(src), "-o", str(out), "--preset", "anonymize",
+           "--backend", "ray", "--address", ray_cluster.address, "-q"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_actor_pids()) < 2:
+        time.sleep(0.2)
+    time.sleep(3.0)  # both actors are mid-file
+    victims = _actor_pids()
+    assert victims, "no Ray worker was running"
+    os.kill(victims[-1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err  # the broken file failed; everything else is done
+    assert "died" in err and "running it again" in err
+    assert _visible(out) == [f"c{i}.mp4" for i in range(6)]
+    rows = _rows(out)
+    assert rows["broken.mp4"][0] == "failed"
+    nodes = set()
+    with sqlite3.connect(out / MANIFEST_NAME) as db:
+        for name, report in db.execute("SELECT input, report FROM files WHERE state = 'done'"):
+            nodes.add(json.loads(report)["worker"]["node"])
+    assert len(nodes) == 2  # both nodes did work
+    for i in range(6):
+        assert rows[f"c{i}.mp4"][:2] == ("done", 1)  # each file finished once
+        assert len(_frames(out / f"c{i}.mp4")) == 75
+    assert not [p for p in out.iterdir() if ".unfinished" in p.name or ".partial-" in p.name]
+
+
+def test_ray_backend_without_ray_says_what_to_install(folder, tmp_path):
+    code = ("import sys, builtins; real = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name == 'ray' or name.startswith('ray.'): raise ImportError(name)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "from facestream.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "batch", str(folder / "clip0.mp4"), "-o", str(tmp_path / "o"),
+                           "--backend", "ray", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'facestream[ray]'" in proc.stderr
