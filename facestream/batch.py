@@ -432,7 +432,8 @@ class Batch:
                 _remove(path)
                 self._failed(unit, str(report.error))
                 return
-            m.segment_state(key, unit.segment, "done", frames=report.stats["stages"]["encoder"]["frames_written"])
+            written = report.stats["stages"]["encoder"]["frames_written"]
+            m.segment_state(key, unit.segment, "done", frames=written, report=_summary(report.stats, written))
         with self._lock:
             self._segments_left[unit.input] -= 1
             last = self._segments_left[unit.input] == 0
@@ -458,7 +459,7 @@ class Batch:
                                frame_rate=index_video(key).frame_rate)
         os.replace(tmp, unit.output)
         shutil.rmtree(self._segment_path(unit).parent, ignore_errors=True)
-        self._done(unit, frames, time.monotonic() - t0, None)
+        self._done(unit, frames, time.monotonic() - t0, {"segments": m.segment_reports(key)})
 
     def _run_job(self, unit: _Unit, settings: Settings, output: str, slot: int,
                  write_from_s: float = 0.0) -> RunReport | None:
@@ -549,6 +550,12 @@ class Batch:
             for p in seg_root.rglob(".*"):
                 if p.is_file():
                     _remove(p)
+
+
+def _summary(stats: dict[str, Any], written: int) -> dict[str, Any]:
+    """What the manifest keeps of a segment's run."""
+    keep = ("status", "frames_in", "wall_s", "fps", "device", "worker")
+    return {"frames_written": written, **{k: stats[k] for k in keep if k in stats}}
 
 
 def _started() -> Progress:

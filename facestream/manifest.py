@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS segments (
     state TEXT NOT NULL,
     runs INTEGER NOT NULL DEFAULT 0,
     frames INTEGER,
+    report TEXT,
     PRIMARY KEY (input, idx)
 );
 """
@@ -164,10 +165,16 @@ class Manifest:
         rows = self._db.execute("SELECT idx, plan, state FROM segments WHERE input = ? ORDER BY idx", (input,))
         return [(i, json.loads(p), s) for i, p, s in rows]
 
-    def segment_state(self, input: str, idx: int, state: str, *, frames: int | None = None) -> None:
+    def segment_state(self, input: str, idx: int, state: str, *, frames: int | None = None,
+                      report: dict[str, Any] | None = None) -> None:
         runs = ", runs=runs+1" if state == "running" else ""
-        self._db.execute(f"UPDATE segments SET state=?, frames=COALESCE(?, frames){runs} WHERE input=? AND idx=?",
-                         (state, frames, input, idx))
+        self._db.execute(f"UPDATE segments SET state=?, frames=COALESCE(?, frames), report=COALESCE(?, report){runs} "
+                         "WHERE input=? AND idx=?",
+                         (state, frames, json.dumps(report, default=str) if report is not None else None, input, idx))
+
+    def segment_reports(self, input: str) -> list[dict[str, Any] | None]:
+        rows = self._db.execute("SELECT report FROM segments WHERE input = ? ORDER BY idx", (input,))
+        return [json.loads(r) if r else None for (r,) in rows]
 
     def segment_runs(self, input: str) -> list[int]:
         return [r for (r,) in self._db.execute("SELECT runs FROM segments WHERE input = ? ORDER BY idx", (input,))]

@@ -17,6 +17,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from facestream.batch import collect_inputs, output_names
 from facestream.manifest import MANIFEST_NAME
@@ -330,12 +331,12 @@ def test_ray_cluster_runs_a_batch_across_two_nodes_and_survives_a_killed_worker(
     (src / "broken.mp4").write_bytes((src / "c0.mp4").read_bytes()[:2000])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "facestream", "batch", str(src), "-o", str(out), "--preset", "anonymize",
-           "--backend", "ray", "--address", ray_cluster.address, "-q"]
+           "--backend", "ray", "--address", ray_cluster.address, "--segments", "2", "-q"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(_actor_pids()) < 2:
         time.sleep(0.2)
-    time.sleep(3.0)  # both actors are mid-file
+    time.sleep(3.0)  # both actors are mid-segment
     victims = _actor_pids()
     assert victims, "no Ray worker was running"
     os.kill(victims[-1], signal.SIGKILL)
@@ -348,11 +349,11 @@ def test_ray_cluster_runs_a_batch_across_two_nodes_and_survives_a_killed_worker(
     nodes = set()
     with sqlite3.connect(out / MANIFEST_NAME) as db:
         for name, report in db.execute("SELECT input, report FROM files WHERE state = 'done'"):
-            nodes.add(json.loads(report)["worker"]["node"])
+            nodes.update(seg["worker"]["node"] for seg in json.loads(report)["segments"])
     assert len(nodes) == 2  # both nodes did work
     for i in range(6):
-        assert rows[f"c{i}.mp4"][:2] == ("done", 1)  # each file finished once
-        assert len(_frames(out / f"c{i}.mp4")) == 75
+        assert rows[f"c{i}.mp4"][:2] == ("done", 1)  # each file joined once, from two segments
+        assert _frames(out / f"c{i}.mp4") == _frames(src / f"c{i}.mp4")
     assert not [p for p in out.iterdir() if ".unfinished" in p.name or ".partial-" in p.name]
 
 
@@ -367,3 +368,36 @@ def test_ray_backend_without_ray_says_what_to_install(folder, tmp_path):
                            "--backend", "ray", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'facestream[ray]'" in proc.stderr
+
+
+def test_a_batch_loads_each_model_once(folder, tmp_path, monkeypatch):
+    from facestream.batch import Batch, BatchOptions
+    from facestream.facelib.models import factory
+    from facestream.settings import load_settings
+
+    loads = []
+    real = factory._make_detector
+    monkeypatch.setattr(factory, "_make_detector", lambda *a, **k: loads.append(1) or real(*a, **k))
+    clips = [folder / f"clip{i}.mp4" for i in range(3)]
+    settings = load_settings(preset="anonymize", overrides=["stats.progress=none"])
+    result = Batch(settings, clips, tmp_path / "out", BatchOptions(jobs=2)).run()
+    assert [f.state for f in result.files] == ["done"] * 3
+    assert len(loads) == 1  # three pipelines, two at a time, one detector
+    # Outside a batch each run loads its own (and hands its memory back when it ends).
+    assert factory.make_detector(settings.models, torch.device("cpu")) is not factory.make_detector(
+        settings.models, torch.device("cpu"))
+
+
+def test_devices_a_batch_spreads_over(folder, tmp_path):
+    from facestream.batch import Batch, BatchOptions
+    from facestream.pipeline.device import resolve_devices
+    from facestream.settings import load_settings
+
+    assert [str(d) for d in resolve_devices("cuda:all", count=3)] == ["cuda:0", "cuda:1", "cuda:2"]
+    with pytest.raises(ConfigError, match="only 2 CUDA"):
+        resolve_devices("cuda:0,cuda:5", count=2)
+    if not torch.cuda.is_available():
+        batch = Batch(load_settings(overrides=["device=cuda:all"]), [folder / "clip0.mp4"], tmp_path / "o",
+                      BatchOptions())
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            batch._spread()

@@ -63,14 +63,23 @@ def sharing() -> Iterator[None]:
 
 
 def shared(key: Hashable, load: Callable[[], T]) -> T:
-    """``load()`` a model, or, while :func:`sharing`, the instance already loaded for ``key``."""
+    """``load()`` a model, or, while :func:`sharing`, the instance loaded for ``key`` (loaded once,
+    even when several pipelines ask at the same moment)."""
     with _guard:
         cache = _cache
-    if cache is None:
+        if cache is None:
+            slot = None
+        else:
+            slot = cache.setdefault(key, _Slot())
+    if slot is None:
         return load()
-    with _guard:
-        if key in cache:
-            return cache[key]
-    model = Serialized(load())  # loaded outside the guard: other models load meanwhile
-    with _guard:
-        return cache.setdefault(key, model)  # type: ignore[return-value]
+    with slot.lock:  # others asking for this model wait; other models load meanwhile
+        if slot.model is None:
+            slot.model = Serialized(load())
+        return slot.model  # type: ignore[return-value]
+
+
+class _Slot:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.model: Any = None
