@@ -401,3 +401,13 @@ def test_devices_a_batch_spreads_over(folder, tmp_path):
                       BatchOptions())
         with pytest.raises(ConfigError, match="no CUDA device"):
             batch._spread()
+
+
+def test_a_swap_that_finds_no_face_is_a_failure_and_writes_nothing(folder, tmp_path):
+    source = tmp_path / "astronaut.png"
+    cv2.imwrite(str(source), cv2.cvtColor(load_photo("astronaut"), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    proc = run_cli("batch", str(folder / "clip0.mp4"), "-o", str(out), "--source", str(source), "-q", timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    assert "no face to swap was found" in proc.stderr
+    assert _visible(out) == []
