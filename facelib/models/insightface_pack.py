@@ -197,9 +197,10 @@ class ScrfdDetector:
         while True:
             keep, settled = greedy_nms_rounds(suppress, valid, keep, self.NMS_ROUNDS)
             chosen = final & keep
-            if self.max_faces:
-                rank = largest_central_rank(boxes, keep, hw)
-                chosen &= rank < self.max_faces
+            if self.max_faces:  # insightface's rule, where more faces than that remain
+                crowded = keep.sum(1, keepdim=True) > self.max_faces
+                rank = torch.where(crowded, largest_central_rank(boxes, keep, hw), rank)
+                chosen &= (rank < self.max_faces) | ~crowded
             # The chosen faces first, in their order; one copy of their rows, counts and flags.
             pick = torch.where(chosen, rank, rank + k).argsort(1)[:, :m]
             rows = table.gather(1, pick[..., None].expand(-1, -1, table.shape[-1]))

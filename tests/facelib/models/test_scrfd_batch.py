@@ -30,7 +30,7 @@ def reference(model, images, *, max_num=0, min_size=0.0, threshold=0.5):
     return out
 
 
-@pytest.mark.parametrize(("max_faces", "min_size", "rounds"), [(0, 0.0, 1), (3, 0.0, 12), (4, 45.0, 2), (0, 45.0, 12)])
+@pytest.mark.parametrize(("max_faces", "min_size", "rounds"), [(0, 0.0, 1), (3, 0.0, 12), (22, 0.0, 12), (4, 45.0, 2), (0, 45.0, 12)])
 def test_batch_selection_matches_insightface(model, max_faces, min_size, rounds):
     images = photos()
     det = ScrfdDetector(model, EngineOptions(), max_faces=max_faces, min_size=min_size)
@@ -44,6 +44,8 @@ def test_batch_selection_matches_insightface(model, max_faces, min_size, rounds)
         np.testing.assert_allclose(d.kps, kps, atol=2e-3)
         assert d.boxes.dtype == d.scores.dtype == d.kps.dtype == np.float32
         counts.append(len(boxes))
+        if max_faces and len(boxes) < max_faces and not min_size:  # fewer than the limit: best score first
+            assert (np.diff(d.scores) <= 0).all()
     assert min(counts) >= 1 and (len(set(counts)) > 1 or max_faces)  # frames with different numbers of faces
 
 
