@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..media.transfer import to_device
+from .image import sample_bilinear
 
 ARCFACE_DST = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -140,30 +141,13 @@ def warp_faces_torch(
     xs, ys = axis[None, None, :], axis[None, :, None]
     sx = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]  # (n, S, S)
     sy = inv[:, 1, 0, None, None] * xs + inv[:, 1, 1, None, None] * ys + inv[:, 1, 2, None, None]
-    x0, y0 = sx.floor(), sy.floor()
-    wx, wy = (sx - x0)[..., None], (sy - y0)[..., None]
-    x0, y0 = x0.long(), y0.long()
     out = torch.empty((n, size, size, 3), dtype=torch.float32, device=device)
     by_frame: dict[int, list[int]] = {}
     for face, f in enumerate(frame_of):
         by_frame.setdefault(f, []).append(face)
     for f, faces in by_frame.items():
-        frame = frames[f]
-        h, w = frame.shape[:2]
-        flat = frame.reshape(h * w, 3)
         idx = to_device(faces, device) if len(faces) < n else slice(None)
-        fx, fy = x0[idx], y0[idx]
-
-        def read(dx: int, dy: int) -> torch.Tensor:
-            x, y = fx + dx, fy + dy
-            inside = ((x >= 0) & (x < w) & (y >= 0) & (y < h))[..., None]
-            pixels = flat[(y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).reshape(-1)].reshape(*x.shape, 3)
-            return pixels.float() * inside
-
-        ax, ay = wx[idx], wy[idx]
-        top = read(0, 0) * (1 - ax) + read(1, 0) * ax
-        bottom = read(0, 1) * (1 - ax) + read(1, 1) * ax
-        out[idx] = top * (1 - ay) + bottom * ay
+        out[idx] = sample_bilinear(frames[f], sx[idx], sy[idx])
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
