@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from facestream.facelib.media.inputs import VIDEO_EXTENSIONS
 from facestream.pipeline.config import to_dict
 from facestream.pipeline.errors import ConfigError, OutputError, PipelineError
 from facestream.pipeline.progress import ProgressPrinter
@@ -38,8 +39,6 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
-                    ".mpg", ".mpeg", ".3gp", ".ogv", ".mxf")
 SEGMENTS_DIR = ".facestream-segments"
 LOCK_NAME = ".facestream-batch.lock"
 

@@ -13,6 +13,8 @@ from facestream.pipeline.errors import InputError
 InputKind = Literal["file", "stream", "webcam", "image", "images", "pattern"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
+                    ".mpg", ".mpeg", ".3gp", ".ogv", ".mxf")
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "rtp", "tcp")
 NETWORK_SCHEMES = LIVE_SCHEMES + ("http", "https", "hls")
 
@@ -74,6 +76,9 @@ def resolve_input(source: str) -> InputSpec:
     if path.is_dir():
         stills = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not stills:
+            if any(p.suffix.lower() in VIDEO_EXTENSIONS for p in path.iterdir()):
+                raise InputError(f"{source} is a folder of videos: 'facestream batch {source} -o OUTDIR' "
+                                 "processes each of them")
             raise InputError(f"input folder holds no images ({', '.join(IMAGE_EXTENSIONS)}): {source}")
         return InputSpec("images", str(path), paths=tuple(stills))
     if path.suffix.lower() in IMAGE_EXTENSIONS:

@@ -48,3 +48,9 @@ def test_bad_inputs(source, words):
 def test_empty_folder(tmp_path):
     with pytest.raises(InputError, match="holds no images"):
         resolve_input(str(tmp_path))
+
+
+def test_a_folder_of_videos_points_to_batch(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    with pytest.raises(InputError, match="is a folder of videos: 'facestream batch"):
+        resolve_input(str(tmp_path))
