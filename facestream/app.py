@@ -21,8 +21,9 @@ from facestream.pipeline.runner import Pipeline, Progress, RunReport, run_corout
 from facestream.pipeline.stage import Stage
 from facestream.stages.decoder import Decoder
 from facestream.stages.encoder import CONTAINERS, Encoder
-from facestream.facelib.media.inputs import IMAGE_EXTENSIONS, resolve_input
+from facestream.facelib.media.inputs import IMAGE_EXTENSIONS, redact_url, resolve_input
 from facestream.stages.passthrough import PassThrough
+from facestream.stages.streamer import Streamer, is_stream_url
 
 from . import __version__
 from .settings import Settings
@@ -182,7 +183,11 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
         # A live recording is written in place as fragments: playable up to the last one whatever
         # happens to the run (kill -9, a power cut). Matroska and WebM are playable as written.
         encoder_settings = dataclasses.replace(encoder_settings, fragmented=True)
-    encoder = Encoder(encoder_settings, path=output, in_place=live, write_from_s=write_from_s)
+    encoder: Encoder
+    if is_stream_url(output):
+        encoder = Streamer(encoder_settings, url=output, backoff_s=i.backoff_s)
+    else:
+        encoder = Encoder(encoder_settings, path=output, in_place=live, write_from_s=write_from_s)
     encoder.claim()
     try:
         middle, metadata = _middle_stages(settings, faces_jsonl=faces_jsonl, device=device)
@@ -264,8 +269,8 @@ class Job:
         report.stats.update(
             {
                 "facestream": __version__,
-                "input": self.source,
-                "output": self.output,
+                "input": redact_url(self.source),
+                "output": redact_url(self.output),
                 "started_at": started,
                 "settings": to_dict(self.settings),
             }
@@ -298,12 +303,14 @@ def prepare_job(
     Raises:
         PipelineError: a setting, the input or the output is wrong (one line for the user).
     """
-    if "://" not in source and Path(source).exists() and Path(output).resolve() == Path(source).resolve():
-        raise ConfigError(f"the output would overwrite the input: {output}")
-    if Path(output).suffix.lower() not in CONTAINERS:
-        raise OutputError(f"output must end in {', '.join(sorted(CONTAINERS))}: {output}")
-    if Path(output).exists() and not overwrite:
-        raise OutputError(f"{output} exists; add -y (--overwrite) to replace it")
+    if not is_stream_url(output):
+        if "://" not in source and Path(source).exists() and Path(output).resolve() == Path(source).resolve():
+            raise ConfigError(f"the output would overwrite the input: {output}")
+        if Path(output).suffix.lower() not in CONTAINERS:
+            raise OutputError(f"output must end in {', '.join(sorted(CONTAINERS))} (or be an rtmp://, rtsp://, "
+                              f"udp:// or tcp:// URL): {output}")
+        if Path(output).exists() and not overwrite:
+            raise OutputError(f"{output} exists; add -y (--overwrite) to replace it")
     device = resolve_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)

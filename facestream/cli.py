@@ -29,6 +29,7 @@ examples:
   facestream run rtsp://cam.local/stream -o cam.mp4 --preset live
   facestream run webcam:0 -o webcam.mp4 --preset live --set input.webcam_size=1280x720
   facestream run clip.mkv -o clip.webm --set input.start=10 --set input.end=25 --stats run.json
+  facestream run webcam:0 -o rtmp://live.example/app/KEY --preset live --set mode=anonymize
 
 Any preset key can be overridden with --set section.key=value (values are read as YAML).
 """
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     run.add_argument("input", metavar="INPUT", help="file, rtsp/rtmp/srt/udp/http URL, webcam:N, image, folder or pattern")
-    run.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output file (.mp4, .mkv, .mov, .webm)")
+    run.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                     help="output file (.mp4, .mkv, .mov, .webm) or stream (rtmp://, rtsp://, udp://, tcp://)")
     _settings_arguments(run)
     run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
     run.add_argument("--faces-jsonl", metavar="FILE.jsonl", help="write every frame's faces as JSON lines")
@@ -185,8 +187,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"facestream: error: {report.error}", file=sys.stderr)
     if stats.get("frames_out"):
         dropped = f", {stats['frames_dropped']} dropped" if stats.get("frames_dropped") else ""
+        offline = stats.get("stages", {}).get("streamer", {}).get("frames_dropped")
+        dropped += f", {offline} dropped while the stream was down" if offline else ""
+        from facestream.stages.streamer import is_stream_url, redact
+
+        verb = f"streamed to {redact(args.output)}" if is_stream_url(args.output) else f"wrote {args.output}"
         print(
-            f"facestream: wrote {args.output}: {stats['frames_out']} frames in {stats['wall_s']:.1f} s "
+            f"facestream: {verb}: {stats['frames_out']} frames in {stats['wall_s']:.1f} s "
             f"({stats['fps']:.1f} fps{dropped})",
             file=sys.stderr,
         )

@@ -184,28 +184,42 @@ class Encoder(Sink):
         if info.frame_rate:
             self._frame_dt = float(1 / info.frame_rate)
         self.claim()
-        codec = pick_video_codec(self.settings.codec, self.format, ctx.device)
-        family = _CODEC_FAMILY[codec]
-        container_options: dict[str, str] = {}
+        self.codec_used = pick_video_codec(self.settings.codec, self.format, ctx.device)
+        try:
+            self._connect(info)
+        except BaseException:
+            _remove(self._write_path)
+            self.release()
+            raise
+
+    def _container_options(self) -> dict[str, str]:
+        options: dict[str, str] = {}
         movflags = []
         if self.format in ("mp4", "mov"):
             if self.settings.fragmented:
                 # A fragment at least every second, keyframe or not: a killed run loses one second.
                 movflags.append("+frag_keyframe+empty_moov+default_base_moof")
-                container_options.update({"frag_duration": "1000000", "flush_packets": "1"})
+                options.update({"frag_duration": "1000000", "flush_packets": "1"})
             elif self.settings.faststart:
                 movflags.append("+faststart")
             if any(k not in ("title", "comment", "description", "copyright", "artist") for k in self.metadata):
                 movflags.append("+use_metadata_tags")
         if movflags:
-            container_options["movflags"] = "".join(movflags)
+            options["movflags"] = "".join(movflags)
+        return options
+
+    def _connect(self, info: Any) -> None:
+        """Create the output container and its video and audio streams."""
+        codec = self.codec_used
+        assert codec is not None
         try:
-            self._container = av.open(self._write_path, "w", format=self.format, container_options=container_options)
+            self._container = av.open(self._write_path, "w", format=self.format,
+                                      container_options=self._container_options(), timeout=(10.0, 10.0))
         except (av.error.FFmpegError, OSError) as exc:
-            self.release()
             raise OutputError(f"cannot create {self.path}: {exc}") from None
         try:
-            if family not in self._container.supported_codecs:
+            family = _CODEC_FAMILY[codec]
+            if self.format in CONTAINERS.values() and family not in self._container.supported_codecs:
                 raise OutputError(f"{codec} ({family}) cannot be written to a {self.format} file; choose another codec")
             self._open_video(codec, info)
             self._open_audio(info.side_streams)
@@ -214,10 +228,7 @@ class Encoder(Sink):
         except BaseException:
             self._container.close()
             self._container = None
-            _remove(self._write_path)
-            self.release()
             raise
-        self.codec_used = codec
 
     def claim(self) -> None:
         """Take the output for this run: a lock beside it (released by the OS if the process dies).

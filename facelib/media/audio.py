@@ -17,8 +17,14 @@ AUDIO_COPY: dict[str, set[str] | None] = {
     "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_s16be", "pcm_f32le"},
     "webm": {"opus", "vorbis"},
     "matroska": None,  # anything FFmpeg's muxer lists
+    # Live streams.
+    "flv": {"aac", "mp3"},
+    "mpegts": {"aac", "mp3", "ac3", "eac3", "opus"},
+    "rtsp": {"aac", "opus"},
 }
-AUDIO_REENCODE = {"mp4": "aac", "mov": "aac", "webm": "libopus", "matroska": "libopus"}
+AUDIO_REENCODE = {"mp4": "aac", "mov": "aac", "webm": "libopus", "matroska": "libopus", "flv": "aac", "mpegts": "aac",
+                  "rtsp": "aac"}
+_STREAMS = ("flv", "mpegts", "rtsp")
 
 
 class AudioWriter:
@@ -33,8 +39,8 @@ class AudioWriter:
         fragmented: A fragmented mp4/mov (ADTS audio cannot be copied into one).
 
     Example:
-        >>> sorted(AUDIO_REENCODE)
-        ['matroska', 'mov', 'mp4', 'webm']
+        >>> AUDIO_REENCODE["webm"]
+        'libopus'
     """
 
     def __init__(self, container: Any, format: str, templates: list[Any], *, mode: str = "copy",
@@ -42,7 +48,7 @@ class AudioWriter:
         self.container = container
         self.streams: list[tuple[Any, bool]] = []  # (output stream, copied?)
         allowed = AUDIO_COPY[format]
-        supported = container.supported_codecs
+        supported = container.supported_codecs if format not in _STREAMS else allowed
         for template in templates:
             name = template.codec_context.name
             can_copy = name in supported and (allowed is None or name in allowed)

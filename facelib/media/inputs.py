@@ -84,3 +84,16 @@ def resolve_input(source: str) -> InputSpec:
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return InputSpec("image", str(path))
     return InputSpec("file", str(path))
+
+
+def redact_url(url: str) -> str:
+    """A URL with its credentials hidden, for messages and reports.
+
+    Example:
+        >>> redact_url("rtmp://user:secret@host/app")
+        'rtmp://***@host/app'
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
