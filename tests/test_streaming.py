@@ -73,6 +73,31 @@ def test_udp_mpegts_arrives_whole_in_order_and_on_time(long_clip):
     assert reader.lateness() < 0.5, reader.lateness()
 
 
+def test_rtsp_publish_reaches_a_listening_server(long_clip):
+    """FFmpeg's own RTSP server (its demuxer in listen mode) takes the publish (ANNOUNCE, RECORD)."""
+    port = free_port()
+    frames: list[int] = []
+    errors: list[str] = []
+
+    def serve() -> None:
+        try:
+            with av.open(f"rtsp://127.0.0.1:{port}/live", format="rtsp",
+                         options={"rtsp_flags": "listen", "listen_timeout": "20"}) as c:
+                for f in c.decode(video=0):
+                    frames.append(f.width)
+        except Exception as exc:  # noqa: BLE001 - the publisher hanging up ends the read
+            errors.append(str(exc))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    time.sleep(1.0)
+    proc = run_cli("run", str(long_clip), "-o", f"rtsp://127.0.0.1:{port}/live", "--set", "input.realtime=true",
+                   "--set", "input.end=3", "-q")
+    assert proc.returncode == 0, proc.stderr
+    server.join(20)
+    assert len(frames) >= 70 and set(frames) == {320}, errors  # of 75, decoded at the clip's size
+
+
 class Nginx:
     """nginx with its RTMP module, on a free port, started and killed at will."""
 
