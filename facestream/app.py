@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from facestream.pipeline.device import resolve_device
 from facestream.pipeline.errors import ConfigError, PipelineError, OutputError
 from facestream.pipeline.progress import ProgressPrinter
 from facestream.pipeline.runner import Pipeline, Progress, RunReport, run_coroutine
+from facestream.pipeline.tee import Tee
+from facestream.facelib.media.demux import SidePacket
 from facestream.pipeline.stage import Stage
 from facestream.stages.decoder import Decoder
 from facestream.stages.encoder import CONTAINERS, Encoder
@@ -172,7 +174,7 @@ def anonymize_stages(settings: Settings) -> list[Stage]:
     return stages
 
 
-def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: str | None = None,
+def build_stages(settings: Settings, *, source: str, output: str | Sequence[str], faces_jsonl: str | None = None,
                  live: bool = False, device: torch.device | None = None, write_from_s: float = 0.0) -> list[Stage]:
     """Decoder, the mode's processing stages, encoder. The output is claimed first, so that a second
     run on it fails before any model loads. ``write_from_s``: see :class:`Encoder`."""
@@ -183,19 +185,28 @@ def build_stages(settings: Settings, *, source: str, output: str, faces_jsonl: s
         # A live recording is written in place as fragments: playable up to the last one whatever
         # happens to the run (kill -9, a power cut). Matroska and WebM are playable as written.
         encoder_settings = dataclasses.replace(encoder_settings, fragmented=True)
-    encoder: Encoder
-    if is_stream_url(output):
-        encoder = Streamer(encoder_settings, url=output, backoff_s=i.backoff_s)
-    else:
-        encoder = Encoder(encoder_settings, path=output, in_place=live, write_from_s=write_from_s)
-    encoder.claim()
+    encoders: list[Encoder] = []
     try:
+        for target in _outputs(output):
+            if is_stream_url(target):
+                encoders.append(Streamer(encoder_settings, url=target, backoff_s=i.backoff_s))
+            else:
+                encoders.append(Encoder(encoder_settings, path=target, in_place=live, write_from_s=write_from_s))
+            encoders[-1].claim()
         middle, metadata = _middle_stages(settings, faces_jsonl=faces_jsonl, device=device)
     except BaseException:
-        encoder.release()
+        for encoder in encoders:
+            encoder.release()
         raise
-    encoder.metadata = metadata
-    return [decoder, *middle, encoder]
+    for encoder in encoders:
+        encoder.metadata = metadata
+    if len(encoders) == 1:
+        return [decoder, *middle, encoders[0]]
+    return [decoder, *middle, Tee(encoders, copy_side=SidePacket.copy)]
+
+
+def _outputs(output: str | Sequence[str]) -> list[str]:
+    return [output] if isinstance(output, str) else list(output)
 
 
 def _middle_stages(settings: Settings, *, faces_jsonl: str | None,
@@ -254,7 +265,7 @@ class Job:
     pipeline: Pipeline
     settings: Settings
     source: str
-    output: str
+    output: str | Sequence[str]
     stats_path: str | None = None
 
     async def arun(self) -> RunReport:
@@ -264,13 +275,15 @@ class Job:
             report = await self.pipeline.arun()
         finally:
             sink = self.pipeline.stages[-1]
-            if isinstance(sink, Encoder):
-                sink.release()  # also when a stage failed to start and the encoder never opened
+            for encoder in sink.sinks if isinstance(sink, Tee) else [sink]:
+                if isinstance(encoder, Encoder):
+                    encoder.release()  # also when a stage failed to start and the encoder never opened
         report.stats.update(
             {
                 "facestream": __version__,
                 "input": redact_url(self.source),
-                "output": redact_url(self.output),
+                "output": [redact_url(t) for t in _outputs(self.output)] if not isinstance(self.output, str)
+                else redact_url(self.output),
                 "started_at": started,
                 "settings": to_dict(self.settings),
             }
@@ -288,7 +301,7 @@ def prepare_job(
     settings: Settings,
     *,
     source: str,
-    output: str,
+    output: str | Sequence[str],
     stats_path: str | None = None,
     faces_jsonl: str | None = None,
     progress: Callable[[Progress], None] | None = None,
@@ -297,20 +310,30 @@ def prepare_job(
 ) -> Job:
     """Check the paths, choose the device and flow policy, and assemble the stages into a :class:`Job`.
 
+    ``output``: a file or stream URL, or several (each gets every frame).
+
     ``write_from_s``: process from the input's start but write only from this time (a segment
     warming up on the previous one's tail).
 
     Raises:
         PipelineError: a setting, the input or the output is wrong (one line for the user).
     """
-    if not is_stream_url(output):
-        if "://" not in source and Path(source).exists() and Path(output).resolve() == Path(source).resolve():
-            raise ConfigError(f"the output would overwrite the input: {output}")
-        if Path(output).suffix.lower() not in CONTAINERS:
+    targets = _outputs(output)
+    if not targets:
+        raise OutputError("no output given")
+    files = [Path(t).resolve() for t in targets if not is_stream_url(t)]
+    if len(set(files)) != len(files):
+        raise OutputError("the same output file is given twice")
+    for target in targets:
+        if is_stream_url(target):
+            continue
+        if "://" not in source and Path(source).exists() and Path(target).resolve() == Path(source).resolve():
+            raise ConfigError(f"the output would overwrite the input: {target}")
+        if Path(target).suffix.lower() not in CONTAINERS:
             raise OutputError(f"output must end in {', '.join(sorted(CONTAINERS))} (or be an rtmp://, rtsp://, "
-                              f"udp:// or tcp:// URL): {output}")
-        if Path(output).exists() and not overwrite:
-            raise OutputError(f"{output} exists; add -y (--overwrite) to replace it")
+                              f"udp:// or tcp:// URL): {target}")
+        if Path(target).exists() and not overwrite:
+            raise OutputError(f"{target} exists; add -y (--overwrite) to replace it")
     device = resolve_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)

@@ -232,7 +232,7 @@ class Batch:
                 self._clean_leftovers()
                 units = self._plan()
                 self._progress.begin(len(self.inputs), sum(1 for r in self._results.values() if r.state != "pending"))
-                with _interrupts(self._interrupt), _shared_models():
+                with _interrupts(self._interrupt), _shared_models(self.options.jobs):
                     self._work(units)
             finally:
                 self.manifest.close()
@@ -627,10 +627,12 @@ def _interrupts(handler: Callable[[int], None]) -> Iterator[None]:
 
 
 @contextmanager
-def _shared_models() -> Iterator[None]:
+def _shared_models(jobs: int) -> Iterator[None]:
+    """Models loaded once per device; on the CPU up to one copy per worker, so that workers on
+    several cores do not wait for each other's calls."""
     from facestream.facelib.models.shared import sharing
 
-    with sharing():
+    with sharing(cpu_copies=jobs):
         yield
 
 

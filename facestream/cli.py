@@ -30,6 +30,7 @@ examples:
   facestream run webcam:0 -o webcam.mp4 --preset live --set input.webcam_size=1280x720
   facestream run clip.mkv -o clip.webm --set input.start=10 --set input.end=25 --stats run.json
   facestream run webcam:0 -o rtmp://live.example/app/KEY --preset live --set mode=anonymize
+  facestream run rtsp://cam.local/stream -o cam.mp4 -o rtmp://live.example/app/KEY --preset live
 
 Any preset key can be overridden with --set section.key=value (values are read as YAML).
 """
@@ -77,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     run.add_argument("input", metavar="INPUT", help="file, rtsp/rtmp/srt/udp/http URL, webcam:N, image, folder or pattern")
-    run.add_argument("-o", "--output", required=True, metavar="OUTPUT",
-                     help="output file (.mp4, .mkv, .mov, .webm) or stream (rtmp://, rtsp://, udp://, tcp://)")
+    run.add_argument("-o", "--output", required=True, action="append", metavar="OUTPUT",
+                     help="output file (.mp4, .mkv, .mov, .webm) or stream (rtmp://, rtsp://, udp://, tcp://); "
+                          "repeat it to record and stream at once")
     _settings_arguments(run)
     run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
     run.add_argument("--faces-jsonl", metavar="FILE.jsonl", help="write every frame's faces as JSON lines")
@@ -175,7 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import prepare_job
 
     settings = _settings(args)
-    job = prepare_job(settings, source=args.input, output=args.output, stats_path=args.stats,
+    job = prepare_job(settings, source=args.input, output=args.output[0] if len(args.output) == 1 else args.output,
+                      stats_path=args.stats,
                       faces_jsonl=args.faces_jsonl, overwrite=args.overwrite)
     models = {getattr(s, "models", None) for s in job.pipeline.stages} - {None}
     if models and not args.quiet:
@@ -186,14 +189,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.error is not None:
         print(f"facestream: error: {report.error}", file=sys.stderr)
     if stats.get("frames_out"):
-        dropped = f", {stats['frames_dropped']} dropped" if stats.get("frames_dropped") else ""
-        offline = stats.get("stages", {}).get("streamer", {}).get("frames_dropped")
-        dropped += f", {offline} dropped while the stream was down" if offline else ""
         from facestream.stages.streamer import is_stream_url, redact
 
-        verb = f"streamed to {redact(args.output)}" if is_stream_url(args.output) else f"wrote {args.output}"
+        dropped = f", {stats['frames_dropped']} dropped" if stats.get("frames_dropped") else ""
+        sink = stats.get("stages", {}).get("outputs") or stats.get("stages", {}).get("streamer") or {}
+        offline = sum(o.get("frames_dropped", 0) for o in sink.get("outputs", [sink]))
+        dropped += f", {offline} dropped while a stream was down" if offline else ""
+        targets = ", ".join(redact(o) for o in args.output)
+        verb = "streamed to" if all(is_stream_url(o) for o in args.output) else "wrote"
         print(
-            f"facestream: {verb}: {stats['frames_out']} frames in {stats['wall_s']:.1f} s "
+            f"facestream: {verb} {targets}: {stats['frames_out']} frames in {stats['wall_s']:.1f} s "
             f"({stats['fps']:.1f} fps{dropped})",
             file=sys.stderr,
         )

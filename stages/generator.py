@@ -146,7 +146,8 @@ class Generator(Transform):
             path = self.models.path("swapper")
             self.model_file = path.name
             options = self.models.options(ctx.device)
-            swapper = shared(("inswapper", str(path), repr(options)), lambda: InSwapper(path, options))
+            swapper = shared(("inswapper", str(path), repr(options)), lambda: InSwapper(path, options),
+                             device=str(ctx.device))
             swapper.set_sources(self.people if self.people is not None
                                 else embed_people(self.models, ctx.device, self.sources))
             self._model = swapper
@@ -155,7 +156,7 @@ class Generator(Transform):
 
             size = self.builtin_size
             swapper = shared(("builtin-swapper", str(ctx.device), size),
-                             lambda: BuiltinSwapper(device=ctx.device, size=size))
+                             lambda: BuiltinSwapper(device=ctx.device, size=size), device=str(ctx.device))
             swapper.set_sources(self.sources)
             self._model = swapper
             self.model_file = "builtin (dlib 68-point piecewise-affine)"

@@ -380,9 +380,13 @@ def test_a_batch_loads_each_model_once(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(factory, "_make_detector", lambda *a, **k: loads.append(1) or real(*a, **k))
     clips = [folder / f"clip{i}.mp4" for i in range(3)]
     settings = load_settings(preset="anonymize", overrides=["stats.progress=none"])
-    result = Batch(settings, clips, tmp_path / "out", BatchOptions(jobs=2)).run()
+    result = Batch(settings, clips, tmp_path / "out", BatchOptions(jobs=1)).run()
     assert [f.state for f in result.files] == ["done"] * 3
-    assert len(loads) == 1  # three pipelines, two at a time, one detector
+    assert len(loads) == 1  # three pipelines, one detector
+    loads.clear()
+    result = Batch(settings, clips, tmp_path / "out2", BatchOptions(jobs=2)).run()
+    assert [f.state for f in result.files] == ["done"] * 3
+    assert 1 <= len(loads) <= 2  # on the CPU, at most a copy per worker
     # Outside a batch each run loads its own (and hands its memory back when it ends).
     assert factory.make_detector(settings.models, torch.device("cpu")) is not factory.make_detector(
         settings.models, torch.device("cpu"))
@@ -411,3 +415,38 @@ def test_a_swap_that_finds_no_face_is_a_failure_and_writes_nothing(folder, tmp_p
     assert proc.returncode == 1, proc.stderr
     assert "no face to swap was found" in proc.stderr
     assert _visible(out) == []
+
+
+def test_a_model_pool_lends_each_copy_to_one_call_at_a_time():
+    import threading
+
+    from facestream.facelib.models.shared import Pool
+
+    class Model:
+        made = 0
+
+        def __init__(self):
+            Model.made += 1
+            self.busy = False
+            self.source = None
+
+        def set_source(self, name):
+            self.source = name
+
+        def run(self):
+            assert not self.busy, "one copy ran two calls at once"
+            self.busy = True
+            time.sleep(0.02)
+            self.busy = False
+            return self.source
+
+    pool = Pool(Model, copies=3)
+    pool.set_source("astronaut")
+    results = []
+    threads = [threading.Thread(target=lambda: results.extend(pool.run() for _ in range(5))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["astronaut"] * 30  # copies made later were configured too
+    assert Model.made == pool.loaded == 3

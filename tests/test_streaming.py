@@ -178,7 +178,7 @@ def test_rtmp_push_survives_the_server_going_away(nginx, long_clip, tmp_path):
     # live flow may also drop frames before it when the stages fall behind; those are counted too).
     assert s["frames_written"] + s["frames_dropped"] == report["frames_out"]
     assert report["frames_out"] + report["frames_dropped"] == 250
-    assert "went away" in err and "dropped while the stream was down" in err
+    assert "went away" in err and "dropped while a stream was down" in err
 
 
 def test_a_stream_output_that_cannot_connect_is_one_line_without_credentials(long_clip):
@@ -211,3 +211,40 @@ def test_stream_encoder_is_tuned_for_latency(nginx, long_clip):
     assert all(pts == dts for pts, dts, _ in packets)
     keys = [i for i, (_, _, k) in enumerate(packets) if k]
     assert len(keys) >= 3 and max(b - a for a, b in zip(keys, keys[1:])) <= 25
+
+
+def _audio_packets(path: Path) -> dict[int, list[tuple[int, bytes]]]:
+    with av.open(str(path)) as c:
+        out: dict[int, list[tuple[int, bytes]]] = {}
+        for p in c.demux(*c.streams.audio):
+            if p.size:
+                out.setdefault(p.stream.index, []).append((p.pts, bytes(p)))
+        return out
+
+
+def test_several_outputs_each_get_every_frame_and_the_audio(clip, tmp_path):
+    # AAC (copied everywhere) and PCM (copied into Matroska, re-encoded to AAC for mp4).
+    src = clip("two_audio.mov", seconds=3.0, audio=("aac", "pcm_s16le"), markers=(1.0,))
+    alone = {ext: tmp_path / f"alone{ext}" for ext in (".mp4", ".mkv")}
+    for path in alone.values():
+        assert run_cli("run", str(src), "-o", str(path), "-q").returncode == 0
+    port = free_port()
+    reader = Reader(f"udp://127.0.0.1:{port}?timeout=3000000", format="mpegts")
+    reader.start()
+    time.sleep(1.0)
+    both = {ext: tmp_path / f"both{ext}" for ext in (".mp4", ".mkv")}
+    proc = run_cli("run", str(src), "-o", str(both[".mp4"]), "-o", str(both[".mkv"]), "-o", f"udp://127.0.0.1:{port}",
+                   "-q", "--stats", str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {both['.mp4']}, {both['.mkv']}, udp://127.0.0.1:{port}: 75 frames" in proc.stderr
+    reader.join(15)
+    assert len(reader.frames) >= 70
+    for ext in (".mp4", ".mkv"):
+        with av.open(str(both[ext])) as c:
+            assert c.streams.video[0].frames in (0, 75) and sum(1 for _ in c.decode(video=0)) == 75
+        assert _audio_packets(both[ext]) == _audio_packets(alone[ext])  # bit for bit, both streams
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert [o["frames_written"] for o in report["stages"]["outputs"]["outputs"]] == [75, 75, 75]
+    assert report["output"] == [str(both[".mp4"]), str(both[".mkv"]), f"udp://127.0.0.1:{port}"]
+    twice = run_cli("run", str(src), "-o", str(tmp_path / "x.mp4"), "-o", str(tmp_path / "x.mp4"), "-q")
+    assert twice.returncode != 0 and "given twice" in twice.stderr

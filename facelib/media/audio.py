@@ -47,6 +47,7 @@ class AudioWriter:
                  fragmented: bool = False) -> None:
         self.container = container
         self.streams: list[tuple[Any, bool]] = []  # (output stream, copied?)
+        self._decoders: dict[int, Any] = {}  # re-encoded streams: this writer's own decoder
         allowed = AUDIO_COPY[format]
         supported = container.supported_codecs if format not in _STREAMS else allowed
         for template in templates:
@@ -68,6 +69,7 @@ class AudioWriter:
             if layout is not None and layout.nb_channels <= 2:
                 out.layout = layout.name
             log.info("audio %s re-encoded to %s for %s", name, target, format)
+            self._decoders[len(self.streams)] = _decoder(template)
             self.streams.append((out, False))
 
     def write(self, item: SidePacket) -> None:
@@ -81,7 +83,7 @@ class AudioWriter:
             self.container.mux(packet)
             return
         try:
-            decoded = packet.decode()
+            decoded = self._decoders[item.index].decode(packet)
         except av.error.FFmpegError:
             return
         for audio_frame in decoded:
@@ -97,3 +99,15 @@ class AudioWriter:
 
     def describe(self) -> list[dict[str, str]]:
         return [{"codec": s.codec_context.name, "mode": "copy" if copied else "reencode"} for s, copied in self.streams]
+
+
+def _decoder(template: Any) -> Any:
+    """A decoder of its own for a source audio stream (several writers may carry the same one)."""
+    src = template.codec_context
+    dec = av.CodecContext.create(src.name, "r")
+    if src.extradata:
+        dec.extradata = src.extradata
+    dec.sample_rate = src.sample_rate
+    if src.layout is not None:
+        dec.layout = src.layout
+    return dec

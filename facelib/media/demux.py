@@ -33,6 +33,14 @@ class SidePacket:
     def time(self) -> float:
         return float(self.packet.pts * self.packet.time_base) if self.packet.pts is not None else 0.0
 
+    def copy(self) -> SidePacket:
+        """The same packet, in a buffer of its own (for a second sink)."""
+        p = av.Packet(bytes(self.packet))
+        p.pts, p.dts, p.duration, p.time_base = self.packet.pts, self.packet.dts, self.packet.duration, \
+            self.packet.time_base
+        p.is_keyframe = self.packet.is_keyframe
+        return SidePacket(self.index, p)
+
 
 def reason(exc: BaseException) -> str:
     """A short human reason for an FFmpeg or OS error."""

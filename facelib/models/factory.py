@@ -108,7 +108,7 @@ class ModelSettings:
 def make_detector(cfg: ModelSettings, device: torch.device, **kwargs: Any) -> DetectorBackend:
     """kwargs: input_size, score_threshold, nms_threshold, max_faces, min_size; builtin: model, upsample."""
     key = ("detector", cfg, str(device), tuple(sorted(kwargs.items())))
-    return shared(key, lambda: _make_detector(cfg, device, **kwargs))
+    return shared(key, lambda: _make_detector(cfg, device, **kwargs), device=str(device))
 
 
 def _make_detector(cfg: ModelSettings, device: torch.device, **kwargs: Any) -> DetectorBackend:
@@ -125,7 +125,8 @@ def _make_detector(cfg: ModelSettings, device: torch.device, **kwargs: Any) -> D
 
 
 def make_landmarker(cfg: ModelSettings, device: torch.device, kind: LandmarkKind) -> LandmarkBackend:
-    return shared(("landmarker", cfg, str(device), kind), lambda: _make_landmarker(cfg, device, kind))
+    return shared(("landmarker", cfg, str(device), kind), lambda: _make_landmarker(cfg, device, kind),
+                  device=str(device))
 
 
 def _make_landmarker(cfg: ModelSettings, device: torch.device, kind: LandmarkKind) -> LandmarkBackend:
@@ -139,7 +140,7 @@ def _make_landmarker(cfg: ModelSettings, device: torch.device, kind: LandmarkKin
 
 
 def make_recognizer(cfg: ModelSettings, device: torch.device) -> RecognizerBackend:
-    return shared(("recognizer", cfg, str(device)), lambda: _make_recognizer(cfg, device))
+    return shared(("recognizer", cfg, str(device)), lambda: _make_recognizer(cfg, device), device=str(device))
 
 
 def _make_recognizer(cfg: ModelSettings, device: torch.device) -> RecognizerBackend:
