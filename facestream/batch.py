@@ -127,6 +127,7 @@ class BatchOptions:
         backend: ``local`` (threads of this process) or ``ray`` (actors on a Ray cluster).
         address: The Ray cluster (``auto``, ``HOST:PORT``); None starts a local one.
         ray_cpus: CPUs each Ray actor reserves (on a CPU run).
+        ray_copy: Move files through Ray's object store (nodes that share no storage).
     """
 
     name: str = "{stem}.mp4"
@@ -138,6 +139,7 @@ class BatchOptions:
     backend: str = "local"
     address: str | None = None
     ray_cpus: float = 1.0
+    ray_copy: bool = False
 
 
 @dataclass
@@ -333,7 +335,8 @@ class Batch:
 
             gpu = self.settings.device.startswith("cuda")
             self._pool = RayPool(slots=None if self.options.jobs == 1 else self.options.jobs,
-                                 address=self.options.address, cpus=self.options.ray_cpus, gpu=gpu)
+                                 address=self.options.address, cpus=self.options.ray_cpus, gpu=gpu,
+                                 copy_files=self.options.ray_copy)
             workers = self._pool.slots
         workers = min(workers, len(units))
         if self.settings.threads is None and workers > 1 and self._pool is None:

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local: this process; ray: actors on a Ray cluster (pip install 'facestream[ray]')")
     batch.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster to join (default: start a local one)")
     batch.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="ray: CPUs per actor (default: 1)")
+    batch.add_argument("--ray-copy", action="store_true",
+                       help="ray: send files through Ray's object store (nodes that share no storage)")
     batch.add_argument("-y", "--overwrite", action="store_true", help="replace outputs this batch did not write")
     batch.set_defaults(func=cmd_batch)
 
@@ -211,7 +213,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     settings = _settings(args)
     options = BatchOptions(name=args.name, jobs=args.jobs, segments=args.segments, overlap_s=args.overlap,
                            retry_failed=args.retry_failed, overwrite=args.overwrite, backend=args.backend,
-                           address=args.address, ray_cpus=args.ray_cpus)
+                           address=args.address, ray_cpus=args.ray_cpus, ray_copy=args.ray_copy)
     result = Batch(settings, collect_inputs(args.inputs), args.output_dir, options).run()
     print(render_table(result), file=sys.stderr)
     return result.exit_code

@@ -3,8 +3,10 @@
 Each slot of the batch is a Ray actor that keeps its models loaded between the pieces of work it
 is given (one actor per GPU, or per configured CPU share). The driver keeps the manifest, moves
 finished outputs into place and joins segments, exactly as for a local batch; an actor only runs
-pipelines. Paths are read and written as given, so inputs and the output folder must be on storage
-every node sees (a shared or network file system). An actor that dies mid-piece (its process
+pipelines. Paths are read and written as given where inputs and the output folder are on storage
+every node sees (a shared or network file system); with ``copy_files`` the driver sends each input
+through Ray's object store and writes the outputs it gets back, for nodes that share no storage.
+An actor that dies mid-piece (its process
 killed, its node lost) is replaced and the piece is run again elsewhere: its output only ever
 reached a hidden name, so nothing is lost or doubled.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import threading
 from typing import Any
 
@@ -43,9 +46,11 @@ class RayPool:
         address: The cluster (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``); None starts a local one.
         cpus: CPUs each actor reserves.
         gpu: Give each actor one GPU.
+        copy_files: Move inputs and outputs through the object store instead of shared paths.
     """
 
-    def __init__(self, *, slots: int | None, address: str | None, cpus: float = 1.0, gpu: bool = False) -> None:
+    def __init__(self, *, slots: int | None, address: str | None, cpus: float = 1.0, gpu: bool = False,
+                 copy_files: bool = False) -> None:
         ray = import_ray()
         self.ray = ray
         if not ray.is_initialized():
@@ -63,6 +68,8 @@ class RayPool:
         self._actors: dict[int, Any] = {}
         self._lock = threading.Lock()
         self.replaced = 0
+        self.copy_files = copy_files
+        self._inputs: dict[str, Any] = {}  # source -> its bytes in the object store (copy_files)
 
     def _actor(self, slot: int) -> Any:
         with self._lock:
@@ -76,7 +83,7 @@ class RayPool:
         ray = self.ray
         for attempt in range(RETRIES + 1):
             actor = self._actor(slot)
-            ref = actor.run.remote(settings, source, output, write_from_s)
+            ref = actor.run.remote(settings, source, output, write_from_s, self._input(source))
             while True:
                 done, _ = ray.wait([ref], timeout=0.5)
                 if done:
@@ -86,7 +93,7 @@ class RayPool:
                     self._forget(slot, actor)
                     return None
             try:
-                status, error, stats = ray.get(ref)
+                status, error, stats, data = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
                 self._forget(slot, actor)
@@ -94,8 +101,23 @@ class RayPool:
                 log.warning("ray: the worker running %s died (%s); running it again (%d of %d)",
                             os.path.basename(source), type(exc).__name__, attempt + 1, RETRIES)
                 continue
+            if data is not None:
+                with open(output, "wb") as f:  # a hidden name: the batch moves it into place
+                    f.write(data)
             return RunReport(status, PipelineError(error) if error else None, None, stats)
         return RunReport("error", PipelineError(f"the Ray worker died {RETRIES + 1} times running it"), None, {})
+
+    def _input(self, source: str) -> Any:
+        """The input's bytes in the object store (put once per file, for all its segments)."""
+        if not self.copy_files:
+            return None
+        with self._lock:
+            if source not in self._inputs:
+                if len(self._inputs) >= 2 * self.slots:  # files are taken in turn: let the oldest go
+                    self._inputs.pop(next(iter(self._inputs)))
+                with open(source, "rb") as f:
+                    self._inputs[source] = self.ray.put(f.read())
+            return self._inputs[source]
 
     def _forget(self, slot: int, actor: Any) -> None:
         with self._lock:
@@ -125,7 +147,25 @@ class PipelineActor:
         self._sharing = sharing()
         self._sharing.__enter__()  # for the actor's lifetime
 
-    def run(self, settings: Settings, source: str, output: str, write_from_s: float) -> tuple[str, str | None, dict]:
+    def run(self, settings: Settings, source: str, output: str, write_from_s: float,
+            data: bytes | None = None) -> tuple[str, str | None, dict, bytes | None]:
+        """Run a pipeline on ``source`` into ``output``; with ``data`` (the input's bytes), on local
+        copies, returning the output's bytes."""
+        if data is None:
+            return (*self._run(settings, source, output, write_from_s), None)
+        with tempfile.TemporaryDirectory(prefix="facestream-ray-") as tmp:
+            local_in = os.path.join(tmp, "input" + os.path.splitext(source)[1])
+            local_out = os.path.join(tmp, "output" + os.path.splitext(output)[1])
+            with open(local_in, "wb") as f:
+                f.write(data)
+            status, error, stats = self._run(settings, local_in, local_out, write_from_s)
+            out = None
+            if os.path.exists(local_out):
+                with open(local_out, "rb") as f:
+                    out = f.read()
+            return status, error, stats, out
+
+    def _run(self, settings: Settings, source: str, output: str, write_from_s: float) -> tuple[str, str | None, dict]:
         from .app import prepare_job
 
         try:

@@ -450,3 +450,17 @@ def test_a_model_pool_lends_each_copy_to_one_call_at_a_time():
         t.join()
     assert results == ["astronaut"] * 30  # copies made later were configured too
     assert Model.made == pool.loaded == 3
+
+
+@pytest.mark.slow
+def test_ray_moves_files_through_the_object_store_when_asked(ray_cluster, folder, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("batch", str(folder / "clip0.mp4"), str(folder / "clip1.mp4"), "-o", str(out), "--preset",
+                   "anonymize", "--backend", "ray", "--address", ray_cluster.address, "--ray-copy", "-q", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert _visible(out) == ["clip0.mp4", "clip1.mp4"]
+    with sqlite3.connect(out / MANIFEST_NAME) as db:
+        for name, report in db.execute("SELECT input, report FROM files"):
+            # The worker read a copy it was sent, not the driver's path.
+            assert "facestream-ray-" in json.loads(report)["input"]
+            assert _frames(out / Path(name).name) == _frames(Path(name))

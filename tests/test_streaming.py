@@ -224,7 +224,7 @@ def _audio_packets(path: Path) -> dict[int, list[tuple[int, bytes]]]:
 
 def test_several_outputs_each_get_every_frame_and_the_audio(clip, tmp_path):
     # AAC (copied everywhere) and PCM (copied into Matroska, re-encoded to AAC for mp4).
-    src = clip("two_audio.mov", seconds=3.0, audio=("aac", "pcm_s16le"), markers=(1.0,))
+    src = clip("tee_two_audio.mov", seconds=3.0, audio=("aac", "pcm_s16le"), markers=(1.0,))
     alone = {ext: tmp_path / f"alone{ext}" for ext in (".mp4", ".mkv")}
     for path in alone.values():
         assert run_cli("run", str(src), "-o", str(path), "-q").returncode == 0
