@@ -200,3 +200,13 @@ def av_end_gap(p: Probe, fps: float) -> float:
 
 
 AUDIO_FRAME_S = 1024 / 48000  # one AAC frame of the test clips
+
+
+def audio_packets(path: str | Path) -> dict[int, list[tuple[int, bytes]]]:
+    """Every audio stream's packets (timestamp and bytes), to compare two files' audio bit for bit."""
+    with av.open(str(path)) as c:
+        out: dict[int, list[tuple[int, bytes]]] = {}
+        for p in c.demux(*c.streams.audio):
+            if p.size:
+                out.setdefault(p.stream.index, []).append((p.pts, bytes(p)))
+        return out

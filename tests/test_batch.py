@@ -24,7 +24,7 @@ from facestream.manifest import MANIFEST_NAME
 from facestream.pipeline.errors import ConfigError
 from facestream.scenes import GROUP_FACES, load_photo, people_scene
 from tests.conftest import ROOT, run_cli
-from tests.media import make_clip
+from tests.media import audio_packets, make_clip
 
 
 def _audio_only(path: Path) -> Path:
@@ -222,15 +222,6 @@ def long_clip(tmp_path_factory):
     return make_clip(d / "long.mov", seconds=8.0, audio=("aac", "pcm_s16le"), markers=(1.0, 4.5, 7.0))
 
 
-def _packets(path: Path) -> dict[int, list[tuple[int, bytes]]]:
-    with av.open(str(path)) as c:
-        out: dict[int, list[tuple[int, bytes]]] = {}
-        for p in c.demux(*c.streams.audio):
-            if p.size:
-                out.setdefault(p.stream.index, []).append((p.pts, bytes(p)))
-        return out
-
-
 def _pictures(path: Path) -> tuple[list[int], list[np.ndarray]]:
     with av.open(str(path)) as c:
         frames = list(c.decode(video=0))
@@ -248,7 +239,7 @@ def test_four_segments_equal_one_pipeline(long_clip, tmp_path):
     b_pts, b_pix = _pictures(tmp_path / "seg" / "long.mp4")
     assert len(a_pts) == len(b_pts) == 200 and a_pts == b_pts
     assert all(np.array_equal(x, y) for x, y in zip(a_pix, b_pix))  # lossless: pixel for pixel
-    a_audio, b_audio = _packets(single / "long.mp4"), _packets(tmp_path / "seg" / "long.mp4")
+    a_audio, b_audio = audio_packets(single / "long.mp4"), audio_packets(tmp_path / "seg" / "long.mp4")
     assert len(a_audio) == 2 and a_audio == b_audio  # both streams, bit for bit
     with sqlite3.connect(tmp_path / "seg" / MANIFEST_NAME) as db:
         assert [r for (r,) in db.execute("SELECT state FROM segments")] == ["done"] * 4

@@ -15,6 +15,7 @@ import av
 import pytest
 
 from tests.conftest import ROOT, free_port, run_cli
+from tests.media import audio_packets
 
 NGINX = Path("/usr/sbin/nginx")
 RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
@@ -213,15 +214,6 @@ def test_stream_encoder_is_tuned_for_latency(nginx, long_clip):
     assert len(keys) >= 3 and max(b - a for a, b in zip(keys, keys[1:])) <= 25
 
 
-def _audio_packets(path: Path) -> dict[int, list[tuple[int, bytes]]]:
-    with av.open(str(path)) as c:
-        out: dict[int, list[tuple[int, bytes]]] = {}
-        for p in c.demux(*c.streams.audio):
-            if p.size:
-                out.setdefault(p.stream.index, []).append((p.pts, bytes(p)))
-        return out
-
-
 def test_several_outputs_each_get_every_frame_and_the_audio(clip, tmp_path):
     # AAC (copied everywhere) and PCM (copied into Matroska, re-encoded to AAC for mp4).
     src = clip("tee_two_audio.mov", seconds=3.0, audio=("aac", "pcm_s16le"), markers=(1.0,))
@@ -242,7 +234,7 @@ def test_several_outputs_each_get_every_frame_and_the_audio(clip, tmp_path):
     for ext in (".mp4", ".mkv"):
         with av.open(str(both[ext])) as c:
             assert c.streams.video[0].frames in (0, 75) and sum(1 for _ in c.decode(video=0)) == 75
-        assert _audio_packets(both[ext]) == _audio_packets(alone[ext])  # bit for bit, both streams
+        assert audio_packets(both[ext]) == audio_packets(alone[ext])  # bit for bit, both streams
     report = json.loads((tmp_path / "s.json").read_text())
     assert [o["frames_written"] for o in report["stages"]["outputs"]["outputs"]] == [75, 75, 75]
     assert report["output"] == [str(both[".mp4"]), str(both[".mkv"]), f"udp://127.0.0.1:{port}"]
