@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from facestream.pipeline.stage import RunContext, Source, SourceInfo
 
 HwAccel = Literal["none", "cuda"]
 
+log = logging.getLogger(__name__)
+
 
 class _StreamDropped(Exception):
     """A live stream ended or failed; the decoder may reconnect."""
@@ -47,7 +50,8 @@ class DecoderSettings:
         reconnect_timeout_s: Give up when a dropped stream stays away this long.
         backoff_s: First and longest wait between reconnection attempts.
         audio: Carry audio streams to the sink.
-        hwaccel: ``cuda`` decodes with NVDEC where FFmpeg offers it (falls back to software).
+        hwaccel: ``cuda`` decodes with NVDEC on the run's GPU where it can (otherwise, and for codecs
+            the GPU lacks, in software, with one warning).
         webcam_size, webcam_fps, webcam_format: V4L2 capture settings (``"1280x720"``, 30, ``"mjpeg"``).
         options: Extra FFmpeg options for the demuxer (e.g. ``{"rtsp_transport": "udp"}``).
 
@@ -126,6 +130,7 @@ class Decoder(Source):
         self._index = 0
         self._corrupt_earlier = 0
         self._t_first: float | None = None
+        self._hw_fallback = False  # NVDEC was asked for but cannot serve: software decoding
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -207,12 +212,36 @@ class Decoder(Source):
         if spec.kind == "pattern":
             options["framerate"] = str(s.image_fps)
         options.update(s.options)
-        hwaccel = None
-        if s.hwaccel == "cuda":
-            from av.codec.hwaccel import HWAccel
+        timeouts = (s.open_timeout_s, s.read_timeout_s)
+        hwaccel = self._nvdec() if s.hwaccel == "cuda" else None
+        try:
+            return open_container(spec, options=options, timeouts=timeouts, hwaccel=hwaccel)
+        except InputError as exc:
+            if hwaccel is None:
+                raise
+            self._software(f"NVDEC cannot open {spec.target} ({exc})")
+            return open_container(spec, options=options, timeouts=timeouts)
 
-            hwaccel = HWAccel(device_type="cuda", allow_software_fallback=True)
-        return open_container(spec, options=options, timeouts=(s.open_timeout_s, s.read_timeout_s), hwaccel=hwaccel)
+    def _nvdec(self) -> Any:
+        """NVDEC on the run's GPU, or None (with one warning) where it cannot serve."""
+        assert self._ctx is not None
+        if self._hw_fallback:
+            return None
+        device = self._ctx.device
+        if device.type != "cuda":
+            self._software("input.hwaccel cuda needs a CUDA run (device is cpu)")
+            return None
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+
+        if "cuda" not in hwdevices_available():
+            self._software("this FFmpeg has no CUDA hardware decoding")
+            return None
+        return HWAccel(device_type="cuda", device=str(device.index or 0), allow_software_fallback=True)
+
+    def _software(self, why: str) -> None:
+        if not self._hw_fallback:
+            log.warning("input: %s; decoding on the CPU", why)
+        self._hw_fallback = True
 
     def _describe(self, container: Any) -> SourceInfo:
         s = self.settings

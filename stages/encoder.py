@@ -387,9 +387,11 @@ def _codec_options(codec: str, crf: int, preset: str, tune: str | None) -> dict[
             "cpu-used": str(max(0, 8 - speed)),
             "row-mt": "1",
         }
-    # NVENC: p1 (fastest) .. p7 (best)
-    opts = {"preset": f"p{min(7, 1 + speed * 6 // 9)}", "cq": str(min(crf, 51)), "rc": "vbr"}
-    if tune == "zerolatency":
+    # NVENC: p1 (fastest) .. p7 (best); constant quality is vbr with a cq and no bitrate target.
+    opts = {"preset": f"p{min(7, 1 + speed * 6 // 9)}", "rc": "vbr", "cq": str(min(crf, 51)), "b": "0"}
+    if crf == 0:  # cq 0 is not lossless on NVENC
+        opts = {"preset": opts["preset"], "tune": "lossless"}
+    elif tune == "zerolatency":
         opts["tune"] = "ull"
     return opts
 

@@ -208,3 +208,25 @@ def test_colour_metadata_is_carried(tmp_path):
         f = next(c.decode(video=0))
         assert (f.color_primaries, f.color_trc, f.colorspace) == (1, 1, 1)
         assert f.color_range == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_nvdec_asked_for_where_it_cannot_serve_decodes_in_software(clip, tmp_path, caplog):
+    src = clip("nvdec.mp4", seconds=1.0)
+    out = tmp_path / "o.mkv"
+    dec = Decoder(DecoderSettings(hwaccel="cuda"), source=str(src))
+    with caplog.at_level("WARNING"):
+        report = Pipeline([dec, PassThrough(), Encoder(EncoderSettings(preset="ultrafast"), path=str(out))],
+                          device="cpu").run()
+    assert report.status == "ok" and report.stats["frames_out"] == 25
+    warnings = [r.getMessage() for r in caplog.records if "decoding on the CPU" in r.getMessage()]
+    assert warnings == ["input: input.hwaccel cuda needs a CUDA run (device is cpu); decoding on the CPU"]
+
+
+def test_nvenc_constant_quality_and_lossless_options():
+    from facestream.stages.encoder import _codec_options
+
+    cq = _codec_options("h264_nvenc", 23, "veryfast", None)
+    assert cq["rc"] == "vbr" and cq["cq"] == "23" and cq["b"] == "0"  # no bitrate cap on constant quality
+    assert _codec_options("hevc_nvenc", 0, "medium", None) == {"preset": "p4", "tune": "lossless"}
+    assert _codec_options("h264_nvenc", 20, "ultrafast", "zerolatency")["tune"] == "ull"
