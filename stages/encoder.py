@@ -225,6 +225,19 @@ class Encoder(Sink):
             self._open_audio(info.side_streams)
             for key, value in {**info.metadata, **self.metadata}.items():
                 self._container.metadata[key] = str(value)
+            if codec.endswith("_nvenc"):
+                # Open the hardware encoder now, with the real size and options: a GPU that cannot
+                # take them falls back here rather than failing at the first frame.
+                self._container.start_encoding()
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self._container.close()
+            self._container = None
+            if not codec.endswith("_nvenc"):
+                raise
+            log.warning("encoder: %s does not open for this output (%s); using libx264 instead", codec, exc)
+            _remove(self._write_path)
+            self.codec_used = "libx264"
+            self._connect(info)
         except BaseException:
             self._container.close()
             self._container = None

@@ -230,3 +230,22 @@ def test_nvenc_constant_quality_and_lossless_options():
     assert cq["rc"] == "vbr" and cq["cq"] == "23" and cq["b"] == "0"  # no bitrate cap on constant quality
     assert _codec_options("hevc_nvenc", 0, "medium", None) == {"preset": "p4", "tune": "lossless"}
     assert _codec_options("h264_nvenc", 20, "ultrafast", "zerolatency")["tune"] == "ull"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs NVENC to fail to open")
+def test_nvenc_that_passes_the_probe_but_fails_with_the_real_settings_falls_back_at_once(clip, tmp_path, monkeypatch,
+                                                                                           caplog):
+    from facestream.stages import encoder as encoder_module
+
+    if "h264_nvenc" not in av.codecs_available:
+        pytest.skip("this FFmpeg has no NVENC")
+    # The probe says yes (as on a GPU whose NVENC takes 256x256); the real open fails here (no GPU).
+    monkeypatch.setattr(encoder_module, "hardware_encoder_opens", lambda codec: True)
+    src = clip("nvenc.mp4", seconds=1.0)
+    out = tmp_path / "o.mp4"
+    enc = Encoder(EncoderSettings(codec="h264_nvenc", preset="ultrafast"), path=str(out))
+    with caplog.at_level("WARNING"):
+        report = Pipeline([Decoder(source=str(src)), PassThrough(), enc], device="cpu").run()
+    assert report.status == "ok" and enc.codec_used == "libx264"
+    assert any("h264_nvenc does not open for this output" in r.getMessage() for r in caplog.records)
+    assert probe(out).frames == 25
