@@ -457,8 +457,7 @@ class Batch:
             u = _Unit(unit.input, unit.output, idx)
             parts.append((str(self._segment_path(u)), SegmentPlan(**plan)))
         tmp = _hidden(unit.output)
-        frames = join_segments(key, parts, str(tmp), audio=self.settings.output.audio,
-                               frame_rate=index_video(key).frame_rate)
+        frames = join_segments(key, parts, str(tmp), index=index_video(key), audio=self.settings.output.audio)
         os.replace(tmp, unit.output)
         shutil.rmtree(self._segment_path(unit).parent, ignore_errors=True)
         self._done(unit, frames, time.monotonic() - t0, {"segments": m.segment_reports(key)})

@@ -140,43 +140,42 @@ def plan_segments(index: VideoIndex, count: int, *, overlap_s: float = 2.0) -> l
     return plans
 
 
-def join_segments(source: str, parts: list[tuple[str, SegmentPlan]], output: str, *, audio: str = "copy",
-                  frame_rate: Fraction | None = None) -> int:
+def join_segments(source: str, parts: list[tuple[str, SegmentPlan]], output: str, *, index: VideoIndex,
+                  audio: str = "copy") -> int:
     """Join processed segments into ``output`` without re-encoding video; carry the source's audio.
 
-    Each part's packets are moved back onto the source's timeline (a segment's file starts at its
-    warm-up keyframe). Audio is taken from ``source`` with the rule of a single run: from the
-    first frame to one frame interval after the last. Returns the number of video frames written.
+    Each part's frames take the timestamps a single run gives the same source frames (``index``
+    lists them), so that a container counting in milliseconds rounds them alike. Audio is taken
+    from ``source`` with the rule of a single run: from the first frame to one frame interval after
+    the last. Returns the number of video frames written.
 
     Raises:
         OutputError: a part is missing or does not continue the previous one.
     """
     fmt = CONTAINERS[Path(output).suffix.lower()]
-    inputs = []
+    for path, _ in parts:
+        if not Path(path).is_file():
+            raise OutputError(f"segment {path} is missing")
+    head = av.open(parts[0][0])
     try:
-        for path, _ in parts:
-            try:
-                inputs.append(av.open(path))
-            except (av.error.FFmpegError, OSError) as exc:
-                raise OutputError(f"segment {path} cannot be read: {exc}") from None
-        first = inputs[0].streams.video[0]
-        rotation, _ = _probe_part(parts[0][0])
+        first = head.streams.video[0]
+        rotation = _rotation(parts[0][0])
         out = av.open(output, "w", format=fmt)
         try:
             vout = out.add_stream_from_template(first)
             vout.time_base = first.time_base
             if rotation:
                 vout.set_display_rotation(rotation)
-            for key, value in inputs[0].metadata.items():
+            for key, value in head.metadata.items():
                 if key not in ("encoder", "major_brand", "minor_version", "compatible_brands"):
                     out.metadata[key] = value
             src = av.open(source)
             try:
                 audio_writer = AudioWriter(out, fmt, list(src.streams.audio), mode=audio) if audio != "none" else None
                 # A single run keeps the audio up to one frame interval after the last frame.
-                last_time = max(_probe_part(path)[1] + plan.decode_from_s for path, plan in parts)
-                until = last_time + (float(1 / frame_rate) if frame_rate else 1 / 30)
-                streams = [_video_packets(inputs, [plan for _, plan in parts], vout)]
+                last_time = float((index.pts[-1] - index.origin) * index.time_base)
+                until = last_time + (float(1 / index.frame_rate) if index.frame_rate else 1 / 30)
+                streams = [_video_packets(parts, vout, index)]
                 if audio_writer is not None and src.streams.audio:
                     streams.append(_audio_packets(src, first_video=src.streams.video[0], until=until))
                 frames = 0
@@ -194,40 +193,47 @@ def join_segments(source: str, parts: list[tuple[str, SegmentPlan]], output: str
         finally:
             out.close()
     finally:
-        for c in inputs:
-            c.close()
+        head.close()
     return frames
 
 
-def _probe_part(path: str) -> tuple[int, float]:
-    """A part's display rotation and the time of its last frame (on its own timeline)."""
+def _rotation(path: str) -> int:
+    """A part's display rotation (read from its first frame)."""
     with av.open(path) as container:
-        vs = container.streams.video[0]
-        last = max((p.pts for p in container.demux(vs) if p.pts is not None), default=0)
-        last_s = float(last * vs.time_base)
-    with av.open(path) as container:
-        rotation = next((int(getattr(f, "rotation", 0) or 0) for f in container.decode(video=0)), 0)
-    return rotation, last_s
+        return next((int(getattr(f, "rotation", 0) or 0) for f in container.decode(video=0)), 0)
 
 
-def _video_packets(inputs: list[Any], plans: list[SegmentPlan], vout: Any) -> Iterator[tuple[float, int, Any]]:
-    """Every part's packets in decode order, shifted onto the source's timeline, keyed by time."""
+def _video_packets(parts: list[tuple[str, SegmentPlan]], vout: Any, index: VideoIndex) -> Iterator[tuple[float, int, Any]]:
+    """Every part's packets in decode order, on the source's timeline, keyed by time.
+
+    A part holds exactly the source frames from its plan's ``start`` to its ``end``, in order: the
+    n-th of its presentation times becomes the n-th of theirs, in the part's time base. Each part
+    is read twice (its timestamps, then its packets), never held whole in memory.
+    """
     last_dts: int | None = None
-    for container, plan in zip(inputs, plans):
-        vs = container.streams.video[0]
-        shift = (plan.warm - plan.origin) * plan.time_base / Fraction(vs.time_base)
-        if shift.denominator != 1:
-            raise OutputError(f"segment time base {vs.time_base} cannot hold the source's timestamps")
-        for packet in container.demux(vs):
-            if packet.pts is None or packet.dts is None:
-                continue
-            packet.pts += int(shift)
-            packet.dts += int(shift)
-            if last_dts is not None and packet.dts <= last_dts:
-                raise OutputError("segments overlap: their frames do not continue each other")
-            last_dts = packet.dts
-            packet.stream = vout
-            yield float(packet.dts * packet.time_base), 0, packet
+    for path, plan in parts:
+        with av.open(path) as container:
+            vs = container.streams.video[0]
+            own = sorted(p.pts for p in container.demux(vs) if p.pts is not None and p.dts is not None)
+        source = [p for p in index.pts if p >= plan.start and (plan.end is None or p < plan.end)]
+        if len(own) != len(source):
+            raise OutputError(f"segment {path} holds {len(own)} frames where {len(source)} were expected")
+        with av.open(path) as container:
+            vs = container.streams.video[0]
+            to_part = plan.time_base / Fraction(vs.time_base)
+            final = {old: round((new - plan.origin) * to_part) for old, new in zip(own, source)}
+            shift = round((plan.warm - plan.origin) * to_part)
+            for packet in container.demux(vs):
+                if packet.pts is None or packet.dts is None:
+                    continue
+                pts = final[packet.pts]
+                packet.dts = min(packet.dts + shift, pts)
+                packet.pts = pts
+                if last_dts is not None and packet.dts <= last_dts:
+                    raise OutputError("segments overlap: their frames do not continue each other")
+                last_dts = packet.dts
+                packet.stream = vout
+                yield float(packet.dts * packet.time_base), 0, packet
 
 
 def _audio_packets(src: Any, *, first_video: Any, until: float) -> Iterator[tuple[float, int, SidePacket]]:

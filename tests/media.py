@@ -25,6 +25,7 @@ def make_clip(
     rotation: int = 0,
     codec: str = "libx264",
     faststart: bool = False,
+    gop: int | None = None,
 ) -> Path:
     """Write a clip with moving content, optional audio, and optional sync markers.
 
@@ -41,7 +42,7 @@ def make_clip(
     tb = Fraction(1, fps * 2 if vfr else fps)
     vs.time_base = tb
     vs.codec_context.time_base = tb
-    vs.codec_context.gop_size = fps  # a keyframe every second, as cameras and streams send
+    vs.codec_context.gop_size = gop or fps  # a keyframe every second, as cameras and streams send
     vs.options = {"preset": "ultrafast", "crf": "20"} if codec.startswith("libx26") else {}
     if rotation:
         vs.set_display_rotation(rotation)

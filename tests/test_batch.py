@@ -246,6 +246,22 @@ def test_four_segments_equal_one_pipeline(long_clip, tmp_path):
     assert not any((tmp_path / "seg" / ".facestream-segments").rglob("*.mp4"))
 
 
+def test_segments_into_matroska_keep_a_single_runs_timestamps(tmp_path):
+    # 30 fps with a keyframe every 25 frames: cuts fall between milliseconds, which Matroska counts.
+    src = make_clip(tmp_path / "odd.mp4", seconds=5.0, fps=30, gop=25, audio="aac")
+    single = tmp_path / "single"
+    single.mkdir()
+    assert run_cli("run", str(src), "-o", str(single / "odd.mkv"), "-q", "--set", "output.crf=0").returncode == 0
+    proc = run_cli("batch", str(src), "-o", str(tmp_path / "seg"), "--segments", "3", "--overlap", "0.5",
+                   "--name", "{stem}.mkv", "-q", "--set", "output.crf=0")
+    assert proc.returncode == 0, proc.stderr
+    a_pts, a_pix = _pictures(single / "odd.mkv")
+    b_pts, b_pix = _pictures(tmp_path / "seg" / "odd.mkv")
+    assert len(a_pts) == 150 and a_pts == b_pts
+    assert all(np.array_equal(x, y) for x, y in zip(a_pix, b_pix))
+    assert audio_packets(single / "odd.mkv") == audio_packets(tmp_path / "seg" / "odd.mkv")
+
+
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     d = tmp_path_factory.mktemp("segscene")
