@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch = sub.add_parser(
         "batch",
         help="process many videos into a folder; resumable after a crash",
-        description="Process every INPUT (files, folders of videos, globs) into OUTDIR with a preset. A manifest "
-                    "in OUTDIR records each file: run the same command again after a crash or Ctrl-C and finished "
-                    "files are not redone.",
+        description="Process every INPUT (files, folders of videos, globs) into OUTDIR with a preset.\n"
+                    "A manifest in OUTDIR records each file: run the same command again after a crash or\n"
+                    "Ctrl-C and finished files are not redone.",
         epilog=EPILOG_BATCH,
         formatter_class=_Formatter,
     )
@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--name", default="{stem}.mp4", metavar="PATTERN",
                        help="output file names: {stem}, {name}, {ext}, {parent} (default: %(default)s)")
     batch.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
-                       help="files (or segments) at once in this process, sharing the models (default: 1)")
+                       help="files (or segments) at once in this process, sharing the models (default: 1; "
+                            "with --backend ray: Ray actors, default one per CPU share of the cluster)")
     batch.add_argument("--segments", type=int, default=1, metavar="N",
                        help="cut each video at keyframes into N segments processed in parallel and joined losslessly")
     batch.add_argument("--overlap", type=float, default=2.0, metavar="SECONDS",
