@@ -32,7 +32,8 @@ from facestream.pipeline.config import to_dict
 from facestream.pipeline.errors import ConfigError, OutputError, PipelineError
 from facestream.pipeline.progress import ProgressPrinter
 from facestream.pipeline.runner import Progress, RunReport
-from facestream.stages.encoder import CONTAINERS
+from facestream.facelib.models.shared import sharing
+from facestream.stages.encoder import CONTAINERS, is_leftover
 
 from .manifest import Manifest
 from .settings import Settings
@@ -234,7 +235,8 @@ class Batch:
                 self._clean_leftovers()
                 units = self._plan()
                 self._progress.begin(len(self.inputs), sum(1 for r in self._results.values() if r.state != "pending"))
-                with _interrupts(self._interrupt), _shared_models(self.options.jobs):
+                # Models loaded once per device; on the CPU up to a copy per worker.
+                with _interrupts(self._interrupt), sharing(cpu_copies=self.options.jobs):
                     self._work(units)
             finally:
                 self.manifest.close()
@@ -473,7 +475,9 @@ class Batch:
                 report = self._pool.run(slot, settings, str(unit.input), output, write_from_s, self._stop_event)
             finally:
                 self._progress.forget(unit.label)
-                _remove_encoder_leftovers(Path(output))  # left by a worker that died writing it
+                for p in Path(output).parent.iterdir():  # left by a worker that died writing it
+                    if is_leftover(p.name, Path(output).name):
+                        _remove(p)
             if report is not None and report.status == "error" and not report.stats:
                 self._failed(unit, str(report.error))  # the pipeline could not be set up
                 return None
@@ -543,8 +547,7 @@ class Batch:
         """Remove what a killed batch left: hidden unfinished outputs, the encoder's partial files
         and locks, and segments of files that are no longer pending."""
         for p in self.outdir.iterdir():
-            if p.name.startswith(".") and (".unfinished" in p.name or ".partial-" in p.name
-                                           or (p.name.endswith(".lock") and p.name != LOCK_NAME)):
+            if p.name != LOCK_NAME and (p.name.startswith(".") and ".unfinished" in p.name or is_leftover(p.name)):
                 _remove(p)
         seg_root = self.outdir / SEGMENTS_DIR
         if seg_root.is_dir():
@@ -585,13 +588,6 @@ def _finished_before_crash(row: Any, out: Path) -> bool:
         return False
 
 
-def _remove_encoder_leftovers(output: Path) -> None:
-    """The encoder's partial file and lock beside ``output``, left by a process that died."""
-    for p in output.parent.glob(f".{glob.escape(output.name)}.*"):
-        if ".partial-" in p.name or p.name.endswith(".lock"):
-            _remove(p)
-
-
 def _remove(path: Path) -> None:
     try:
         path.unlink()
@@ -626,16 +622,6 @@ def _interrupts(handler: Callable[[int], None]) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-@contextmanager
-def _shared_models(jobs: int) -> Iterator[None]:
-    """Models loaded once per device; on the CPU up to one copy per worker, so that workers on
-    several cores do not wait for each other's calls."""
-    from facestream.facelib.models.shared import sharing
-
-    with sharing(cpu_copies=jobs):
-        yield
 
 
 class _BatchProgress:

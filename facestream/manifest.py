@@ -114,9 +114,6 @@ class Manifest:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM files WHERE input = ?", (input,)).fetchone()
         return FileRow(*row) if row else None
 
-    def files(self) -> list[FileRow]:
-        return [FileRow(*r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM files ORDER BY rowid")]
-
     def reset(self, input: str, *, output: str, settings: str) -> None:
         """Make a file pending again (settings changed, a retry, or a run that a crash cut short);
         its segments are forgotten when the settings changed."""
@@ -146,12 +143,6 @@ class Manifest:
         self._db.execute("UPDATE files SET state='failed', reason=?, finished=? WHERE input=?",
                          (reason, time.time(), input))
 
-    def report(self, input: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT report FROM files WHERE input = ?", (input,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
-
-    # ------------------------------------------------------------------ segments
-
     def plan_segments(self, input: str, plans: list[dict[str, Any]]) -> None:
         """Record a file's segments (once: a resumed batch keeps the plan it started with)."""
         with self._tx() as db:
@@ -175,9 +166,6 @@ class Manifest:
     def segment_reports(self, input: str) -> list[dict[str, Any] | None]:
         rows = self._db.execute("SELECT report FROM segments WHERE input = ? ORDER BY idx", (input,))
         return [json.loads(r) if r else None for (r,) in rows]
-
-    def segment_runs(self, input: str) -> list[int]:
-        return [r for (r,) in self._db.execute("SELECT runs FROM segments WHERE input = ? ORDER BY idx", (input,))]
 
 
 _COLUMNS = ", ".join(FileRow.__dataclass_fields__)

@@ -67,7 +67,6 @@ class RayPool:
         self._actor_class = ray.remote(PipelineActor)
         self._actors: dict[int, Any] = {}
         self._lock = threading.Lock()
-        self.replaced = 0
         self.copy_files = copy_files
         self._inputs: dict[str, Any] = {}  # source -> its bytes in the object store (copy_files)
 
@@ -97,7 +96,6 @@ class RayPool:
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
                 self._forget(slot, actor)
-                self.replaced += 1
                 log.warning("ray: the worker running %s died (%s); running it again (%d of %d)",
                             os.path.basename(source), type(exc).__name__, attempt + 1, RETRIES)
                 continue

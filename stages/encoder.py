@@ -409,6 +409,13 @@ def _codec_options(codec: str, crf: int, preset: str, tune: str | None) -> dict[
     return opts
 
 
+def is_leftover(name: str, output: str | None = None) -> bool:
+    """A file an encoder leaves beside its output when its process dies: the hidden partial file
+    or the lock (of ``output``, or of any output)."""
+    prefix = f".{output}." if output else "."
+    return name.startswith(prefix) and (".partial-" in name or name.endswith(".lock"))
+
+
 def _remove(path: str) -> None:
     try:
         os.remove(path)
