@@ -188,6 +188,17 @@ class Pipeline:
         installed) and report. Inside a running loop, ``await pipeline.arun()`` instead."""
         return run_coroutine(self.arun())
 
+    def snapshot(self) -> dict[str, Any]:
+        """The report's figures so far, while the run goes on (a service's metrics, a live
+        preview): the same keys as the final report, with ``status`` ``running`` until it ends."""
+        if self._loop is None or self._t0 == 0.0:
+            status: str = "starting"
+        elif self._done is not None and self._done.done():
+            status = "error" if self._error else ("interrupted" if self._signal else "ok")
+        else:
+            status = "running"
+        return self._build_stats(status)  # type: ignore[arg-type]
+
     def request_stop(self) -> None:
         """Finish gracefully: the source stops, queued frames drain, the sink finalises."""
         self.ctx.stop.set()
@@ -458,7 +469,8 @@ class Pipeline:
     # ------------------------------------------------------------------ report
 
     def _build_stats(self, status: Status) -> dict[str, Any]:
-        wall = max(self._t_end - self._t0, 1e-9)
+        end = self._t_end or (time.monotonic() if self._t0 else 0.0)
+        wall = max(end - self._t0, 1e-9)
         frames_out = self.stats[-1].frames
         stages: dict[str, Any] = {}
         for stage, st in zip(self.stages, self.stats):

@@ -323,3 +323,30 @@ def test_progress_shows_the_average_rate_while_batches_are_on_their_way(monkeypa
         pipe._emit_progress(final=False)
     rates = [p.fps for p in seen if p.frames_out > 0]
     assert len(rates) == 8 and all(r > 0 for r in rates), rates
+
+
+def test_snapshot_gives_the_figures_so_far_while_the_run_goes_on():
+    """A service's metrics and a live preview read the figures mid-run, from the event loop."""
+    import asyncio
+
+    sink = Collect()
+    pipe = Pipeline([CountingSource(200, fps=100), Jitter("j"), sink], device=CPU)
+    assert pipe.snapshot()["status"] == "starting"
+    seen = []
+
+    async def main():
+        task = asyncio.ensure_future(pipe.arun())
+        while not task.done():
+            await asyncio.sleep(0.3)
+            seen.append(pipe.snapshot())
+        return await task
+
+    report = asyncio.run(main())
+    running = [s for s in seen if s["status"] == "running"]
+    assert len(running) >= 3
+    outs = [s["frames_out"] for s in running]
+    assert outs == sorted(outs) and outs[-1] > outs[0] > 0
+    assert all(0 < a["wall_s"] < b["wall_s"] for a, b in zip(running, running[1:]))
+    assert set(running[-1]["stages"]) == {"source", "j", "sink"}
+    assert pipe.snapshot()["status"] == report.status == "ok"
+    assert pipe.snapshot()["frames_out"] == 200
