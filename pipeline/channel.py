@@ -115,6 +115,14 @@ class Channel(Generic[T]):
             self._closed = True
             self._not_empty.notify_all()
 
+    def discard(self) -> list[T]:
+        """Empty the queue now and return what it held (the channel stays open)."""
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._not_full.notify_all()
+        return items
+
     def cancel(self) -> None:
         """Tear down: wake everyone; queued items are discarded."""
         with self._lock:

@@ -180,6 +180,12 @@ class Pipeline:
         self._t_end = 0.0
         self._gpu: GpuSampler | None = None
         self._recent: list[tuple[float, int]] = []
+        # After finish(): the last frame index that may still reach the sink, and how many frames
+        # were dropped to stop soon.
+        self._finishing = False
+        self._cut: int | None = None
+        self._cut_lock = threading.Lock()
+        self._discarded = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -203,6 +209,27 @@ class Pipeline:
         """Finish gracefully: the source stops, queued frames drain, the sink finalises."""
         self.ctx.stop.set()
 
+    def finish(self) -> None:
+        """Stop soon, keeping the output whole: the source stops, the frames still queued between
+        stages are dropped, the frames being worked on go through to the sink, and the sink
+        finalises. The output ends at a frame with nothing missing before it; a slow stage holds
+        up the end by the batches in its hands, not by every queued frame."""
+        self.ctx.stop.set()
+        with self._cut_lock:
+            # Stage threads look at the cut under this lock: a frame that reaches a channel
+            # while the channels are being emptied is judged against the final cut.
+            self._finishing = True
+            lowest: int | None = None
+            for ch in self.channels:
+                dropped = ch.discard()
+                self._discarded += len(dropped)
+                for frame in dropped:
+                    lowest = frame.index if lowest is None else min(lowest, frame.index)
+            if lowest is not None:
+                # Anything queued was dropped; frames in stages' hands below it go on, and any
+                # above it would follow a gap, so they are dropped as they come out.
+                self._cut = lowest - 1
+
     def abort(self) -> None:
         """Stop now: queued frames are discarded; the sink still finalises what it wrote."""
         self._aborted = True
@@ -211,14 +238,13 @@ class Pipeline:
             ch.cancel()
 
     def interrupt(self, signum: int) -> None:
-        """A user's interrupt (the caller's signal handler calls this): the first drains and
-        finalises, a second aborts. The report then says ``interrupted`` with that signal."""
+        """A user's interrupt (the caller's signal handler calls this): the first finishes soon
+        (:meth:`finish`), a second aborts. The report then says ``interrupted`` with that signal."""
         name = signal.Signals(signum).name
         if self._signal is None:
             self._signal = signum
-            self.ctx.log.warning("%s: finishing: flushing queued frames and finalising the output (again to abort)",
-                                 name)
-            self.request_stop()
+            self.ctx.log.warning("%s: finishing the frames in hand and finalising the output (again to abort)", name)
+            self.finish()
         else:
             self.ctx.log.warning("%s again: aborting", name)
             self.abort()
@@ -379,6 +405,10 @@ class Pipeline:
             batch = inbox.get_batch(stage.batch_size, wait_s)
             if batch is None:
                 return None
+            if self._finishing:
+                batch = self._keep(batch)
+                if not batch:
+                    continue
             t = time.perf_counter()
             try:
                 if is_sink:
@@ -400,8 +430,19 @@ class Pipeline:
                     self.latency.add(max(0.0, now - f.captured_at))
             else:
                 assert outbox is not None
+                if self._finishing:
+                    out = self._keep(out)
                 for f in out:
                     outbox.put(f)
+
+    def _keep(self, frames: list[Frame]) -> list[Frame]:
+        """After :meth:`finish`: the frames at or before the cut; the rest are dropped (counted)."""
+        with self._cut_lock:
+            if self._cut is None:
+                return frames
+            kept = [f for f in frames if f.index <= self._cut]
+            self._discarded += len(frames) - len(kept)
+        return kept
 
     # ------------------------------------------------------------------ supervision (event loop)
 
@@ -484,6 +525,7 @@ class Pipeline:
             "frames_in": self.stats[0].frames,
             "frames_out": frames_out,
             "frames_dropped": sum(ch.drops for ch in self.channels),
+            "frames_dropped_on_stop": self._discarded,
             "wall_s": round(wall, 3),
             "fps": round(frames_out / wall, 2),
             "latency_ms": self.latency.summary_ms(),

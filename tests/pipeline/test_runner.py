@@ -225,10 +225,55 @@ def test_pipeline_shape_is_validated():
         Pipeline([CountingSource(1), Jitter("x"), Jitter("x"), Collect()], device=CPU)
 
 
-def test_first_interrupt_drains_second_aborts():
-    """The command line's handler calls ``interrupt`` per real SIGINT: the first stops the source and
-    lets queued frames drain, a second discards what is left; the sink is closed either way."""
+class Stamped(Transform):
+    """Sleeps per frame and records when each batch started."""
+
+    def __init__(self, name, seconds, batch_size=1):
+        self.name, self.seconds, self.batch_size = name, seconds, batch_size
+        self.started = []
+
+    def process(self, frames):
+        self.started.append((time.monotonic(), [f.index for f in frames]))
+        time.sleep(self.seconds * len(frames))
+        return frames
+
+
+def _interrupt_at(*delays):
     import os
+    import signal
+
+    for d in delays:
+        threading.Timer(d, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+
+def test_first_interrupt_finishes_the_frames_in_hand_and_keeps_the_output_whole():
+    """The first Ctrl-C does not wait for every queued frame to cross a slow stage: queued frames
+    are dropped, the ones in stages' hands are written, and the output has no gap."""
+    import signal
+
+    from facestream.app import Job
+    from facestream.cli import run_interruptible
+    from facestream.settings import Settings
+
+    fast, slow, sink = Stamped("fast", 0.002, batch_size=4), Stamped("slow", 0.1, batch_size=4), Collect()
+    pipe = Pipeline([CountingSource(100_000), fast, slow, sink], device=CPU, queue_size=8)
+    _interrupt_at(1.0)
+    report = run_interruptible(Job(pipe, Settings(), "counting", "collect"))
+    assert report.signal == signal.SIGINT and report.exit_code == 130 and report.status == "interrupted"
+    assert sink.closed and sink.indices == list(range(len(sink.indices))), "the output has no gap"
+    signalled = pipe._t0 + 1.0
+    after = [idx for t, idx in slow.started if t > signalled + 0.05]
+    # Draining would have pushed every queued frame (8 before the slow stage, more before that)
+    # through it; finishing lets at most the frames already past the queues reach it.
+    assert sum(len(b) for b in after) <= 4, after
+    stats = report.stats
+    assert stats["frames_dropped_on_stop"] >= 8
+    assert stats["frames_in"] == stats["frames_out"] + stats["frames_dropped_on_stop"]
+
+
+def test_first_interrupt_finishes_second_aborts():
+    """A second SIGINT discards what is left, even the batch a slow stage is working on; the sink
+    is closed either way and the handler is removed afterwards."""
     import signal
 
     from facestream.app import Job
@@ -236,16 +281,15 @@ def test_first_interrupt_drains_second_aborts():
     from facestream.settings import Settings
 
     sink = Collect()
-    pipe = Pipeline([CountingSource(100_000), Slow(0.2), sink], device=CPU, queue_size=8)
-    threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
-    threading.Timer(0.9, os.kill, (os.getpid(), signal.SIGINT)).start()
+    pipe = Pipeline([CountingSource(100_000), Slow(0.5), sink], device=CPU, queue_size=8)
+    _interrupt_at(0.6, 0.9)
     t = time.monotonic()
     report = run_interruptible(Job(pipe, Settings(), "counting", "collect"))
     elapsed = time.monotonic() - t
     assert report.signal == signal.SIGINT and report.exit_code == 130 and report.status == "interrupted"
     assert sink.closed
-    # Draining the queued frames would take (8 + 8) x 0.2 s; the abort cut that short.
     assert report.stats["frames_out"] < report.stats["frames_in"]
+    assert sink.indices == list(range(len(sink.indices)))
     assert elapsed < 3.0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is removed afterwards"
 
