@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from facestream.pipeline.errors import ConfigError, PipelineError
 
@@ -31,6 +31,7 @@ examples:
   facestream run clip.mkv -o clip.webm --set input.start=10 --set input.end=25 --stats run.json
   facestream run webcam:0 -o rtmp://live.example/app/KEY --preset live --set mode=anonymize
   facestream run rtsp://cam.local/stream -o cam.mp4 -o rtmp://live.example/app/KEY --preset live
+  facestream run webcam:0 -o webcam.mp4 --preset live --preview   # watch it at http://127.0.0.1:8765/
 
 Any preset key can be overridden with --set section.key=value (values are read as YAML).
 """
@@ -79,12 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("input", metavar="INPUT", help="file, rtsp/rtmp/srt/udp/http URL, webcam:N, image, folder or pattern")
     run.add_argument("-o", "--output", required=True, action="append", metavar="OUTPUT",
-                     help="output file (.mp4, .mkv, .mov, .webm) or stream (rtmp://, rtsp://, udp://, tcp://); "
+                     help="output file (.mp4, .mkv, .mov, .webm), stream (rtmp://, rtsp://, srt://, udp://, tcp://) "
+                          "or virtual camera (v4l2:/dev/videoN); "
                           "repeat it to record and stream at once")
     _settings_arguments(run)
     run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
     run.add_argument("--faces-jsonl", metavar="FILE.jsonl", help="write every frame's faces as JSON lines")
     run.add_argument("-y", "--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    run.add_argument("--preview", nargs="?", const="127.0.0.1:8765", default=None, metavar="HOST:PORT",
+                     help="watch the processed video and the run's figures live in a browser at http://HOST:PORT/ "
+                          "(default 127.0.0.1:8765; WebRTC, or MJPEG; pip install 'facestream[preview]')")
     run.set_defaults(func=cmd_run)
 
     batch = sub.add_parser(
@@ -131,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one preset key")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     demo.set_defaults(func=cmd_demo)
+
+    _serve_parser(sub)
 
     doctor = sub.add_parser(
         "doctor", help="report device, CUDA, NVML, codecs and encoders found", description="Report what this machine offers."
@@ -180,14 +187,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import prepare_job
 
     settings = _settings(args)
-    job = prepare_job(settings, source=args.input, output=args.output[0] if len(args.output) == 1 else args.output,
-                      stats_path=args.stats,
-                      faces_jsonl=args.faces_jsonl, overwrite=args.overwrite)
+    # The preview's port is taken first: a port in use is one line before any model loads.
+    preview_sock = _preview_socket(args.preview) if args.preview else None
+    preview = None
+    if preview_sock is not None:
+        from facestream.stages.preview import Preview
+
+        preview = Preview()
+    try:
+        job = prepare_job(settings, source=args.input, output=args.output[0] if len(args.output) == 1 else args.output,
+                          stats_path=args.stats,
+                          faces_jsonl=args.faces_jsonl, overwrite=args.overwrite, preview=preview)
+    except BaseException:
+        if preview_sock is not None:
+            preview_sock.close()
+        raise
+    server = _start_preview(job, preview, preview_sock) if preview is not None else None
     models = {getattr(s, "models", None) for s in job.pipeline.stages} - {None}
     if models and not args.quiet:
         packs = ", ".join(sorted({m.pack for m in models}))
         print(f"facestream: loading the models ({packs} pack) and opening the input", file=sys.stderr)
-    report = run_interruptible(job)
+    try:
+        report = run_interruptible(job)
+    finally:
+        if server is not None:
+            server.stop()
     stats = report.stats
     if report.error is not None:
         print(f"facestream: error: {report.error}", file=sys.stderr)
@@ -206,6 +230,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return report.exit_code
+
+
+def _preview_socket(address: str) -> Any:
+    """The preview's listening socket (``--preview``), or a one-line error."""
+    try:
+        from .preview import bind, parse_address
+    except ImportError as exc:
+        raise ConfigError(f"--preview needs the preview extra: pip install 'facestream[preview]' ({exc})") from None
+    return bind(*parse_address(address))
+
+
+def _start_preview(job: Job, preview: Any, sock: Any) -> Any:
+    """Serve the preview of ``job`` on ``sock`` for the length of the run."""
+    from facestream.facelib.media.inputs import redact_url
+
+    from .preview import PreviewServer, create_app
+
+    app = create_app(preview, job.pipeline.snapshot, title=f"facestream: {redact_url(job.source)}")
+    server = PreviewServer(app, sock, preview)
+    try:
+        server.start()
+    except BaseException:
+        sock.close()
+        raise
+    print(f"facestream: preview at {server.url}", file=sys.stderr)
+    return server
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -257,6 +307,58 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for name, description in presets.items():
         print(f"{name.ljust(width)}  {description}")
     return 0
+
+
+EPILOG_SERVE = """\
+examples:
+  facestream serve --input-dir videos/ --output-dir out/
+  FACESTREAM_TOKEN=... facestream serve --host 0.0.0.0 --port 8000 --concurrency 2
+
+The API is described at /docs and /openapi.json; metrics at /metrics (Prometheus).
+Without a token the service binds only 127.0.0.1 (any other address needs --token).
+"""
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="an HTTP service: file jobs, live streams, metrics (pip install 'facestream[serve]')",
+        description="Serve an HTTP API that runs file jobs (queued beyond --concurrency) and live streams.\n"
+                    "Jobs are recorded in STATE_DIR: after a restart finished results are kept and what was\n"
+                    "running or queued is reported as interrupted.",
+        epilog=EPILOG_SERVE,
+        formatter_class=_Formatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; any other "
+                                                           "than loopback needs a token)")
+    serve.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    serve.add_argument("--token", default=None, help="clients send 'Authorization: Bearer TOKEN' "
+                                                     "(default: $FACESTREAM_TOKEN)")
+    serve.add_argument("--input-dir", action="append", default=[], metavar="DIR",
+                       help="folder requests may read videos and images from (repeatable; default: .)")
+    serve.add_argument("--output-dir", default=".", metavar="DIR", help="folder jobs write into (default: .)")
+    serve.add_argument("--state-dir", default=".facestream-serve", metavar="DIR",
+                       help="where the record of jobs is kept (default: %(default)s)")
+    serve.add_argument("--concurrency", type=int, default=1, metavar="N", help="jobs run at once; more wait in a "
+                                                                               "queue (default: %(default)s)")
+    serve.add_argument("--max-streams", type=int, default=4, metavar="N", help="live streams at once (default: %(default)s)")
+    serve.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB", help="largest request body "
+                                                                                   "(default: %(default)s)")
+    serve.add_argument("--max-image-mb", type=float, default=8.0, metavar="MB", help="largest uploaded source image "
+                                                                                    "(default: %(default)s)")
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve.app import ServeOptions, serve
+    except ImportError as exc:
+        raise PipelineError(f"facestream serve needs the serve extra: pip install 'facestream[serve]' ({exc})") from None
+    options = ServeOptions(host=args.host, port=args.port, token=args.token or os.environ.get("FACESTREAM_TOKEN"),
+                           input_dirs=args.input_dir or ["."], output_dir=args.output_dir, state_dir=args.state_dir,
+                           concurrency=args.concurrency, max_streams=args.max_streams, max_body_mb=args.max_body_mb,
+                           max_image_mb=args.max_image_mb)
+    return serve(options)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
