@@ -20,12 +20,12 @@ from facestream.pipeline.progress import ProgressPrinter
 from facestream.pipeline.runner import Pipeline, Progress, RunReport, run_coroutine
 from facestream.pipeline.tee import Tee
 from facestream.facelib.media.demux import SidePacket
-from facestream.pipeline.stage import Stage
+from facestream.pipeline.stage import Sink, Stage
 from facestream.stages.decoder import Decoder
 from facestream.stages.encoder import CONTAINERS, Encoder
 from facestream.facelib.media.inputs import IMAGE_EXTENSIONS, redact_url, resolve_input
 from facestream.stages.passthrough import PassThrough
-from facestream.stages.streamer import Streamer, is_stream_url
+from facestream.stages.streamer import is_stream_url, live_output
 
 from . import __version__
 from .settings import Settings
@@ -175,9 +175,11 @@ def anonymize_stages(settings: Settings) -> list[Stage]:
 
 
 def build_stages(settings: Settings, *, source: str, output: str | Sequence[str], faces_jsonl: str | None = None,
-                 live: bool = False, device: torch.device | None = None, write_from_s: float = 0.0) -> list[Stage]:
+                 live: bool = False, device: torch.device | None = None, write_from_s: float = 0.0,
+                 preview: Sink | None = None) -> list[Stage]:
     """Decoder, the mode's processing stages, encoder. The output is claimed first, so that a second
-    run on it fails before any model loads. ``write_from_s``: see :class:`Encoder`."""
+    run on it fails before any model loads. ``write_from_s``: see :class:`Encoder`. ``preview``: one
+    more output beside the encoders (a :class:`~facestream.stages.preview.Preview`)."""
     i, o = settings.input, settings.output
     decoder = Decoder(dataclasses.replace(i, audio=i.audio and o.audio != "none"), source=source)
     encoder_settings = o.encoder()
@@ -189,7 +191,7 @@ def build_stages(settings: Settings, *, source: str, output: str | Sequence[str]
     try:
         for target in _outputs(output):
             if is_stream_url(target):
-                encoders.append(Streamer(encoder_settings, url=target, backoff_s=i.backoff_s))
+                encoders.append(live_output(encoder_settings, target, backoff_s=i.backoff_s))
             else:
                 encoders.append(Encoder(encoder_settings, path=target, in_place=live, write_from_s=write_from_s))
             encoders[-1].claim()
@@ -200,9 +202,10 @@ def build_stages(settings: Settings, *, source: str, output: str | Sequence[str]
         raise
     for encoder in encoders:
         encoder.metadata = metadata
-    if len(encoders) == 1:
-        return [decoder, *middle, encoders[0]]
-    return [decoder, *middle, Tee(encoders, copy_side=SidePacket.copy)]
+    sinks: list[Sink] = [*encoders, *([preview] if preview is not None else [])]
+    if len(sinks) == 1:
+        return [decoder, *middle, sinks[0]]
+    return [decoder, *middle, Tee(sinks, copy_side=SidePacket.copy)]
 
 
 def _outputs(output: str | Sequence[str]) -> list[str]:
@@ -307,6 +310,7 @@ def prepare_job(
     progress: Callable[[Progress], None] | None = None,
     overwrite: bool = False,
     write_from_s: float = 0.0,
+    preview: Sink | None = None,
 ) -> Job:
     """Check the paths, choose the device and flow policy, and assemble the stages into a :class:`Job`.
 
@@ -314,6 +318,10 @@ def prepare_job(
 
     ``write_from_s``: process from the input's start but write only from this time (a segment
     warming up on the previous one's tail).
+
+    ``preview``: a :class:`~facestream.stages.preview.Preview` sink fed beside the outputs (it keeps
+    the newest frame for live viewers and never slows the run); serve it with
+    :func:`facestream.preview.create_app`.
 
     Raises:
         PipelineError: a setting, the input or the output is wrong (one line for the user).
@@ -331,7 +339,7 @@ def prepare_job(
             raise ConfigError(f"the output would overwrite the input: {target}")
         if Path(target).suffix.lower() not in CONTAINERS:
             raise OutputError(f"output must end in {', '.join(sorted(CONTAINERS))} (or be an rtmp://, rtsp://, "
-                              f"udp:// or tcp:// URL): {target}")
+                              f"srt://, udp:// or tcp:// URL, or v4l2:/dev/videoN): {target}")
         if Path(target).exists() and not overwrite:
             raise OutputError(f"{target} exists; add -y (--overwrite) to replace it")
     device = resolve_device(settings.device)
@@ -346,7 +354,7 @@ def prepare_job(
         live = True
     policy = settings.flow.resolve(live=live)
     stages = build_stages(settings, source=source, output=output, faces_jsonl=faces_jsonl, live=live, device=device,
-                          write_from_s=write_from_s)
+                          write_from_s=write_from_s, preview=preview)
     pipeline = Pipeline(
         stages,
         device=device,
