@@ -34,6 +34,7 @@ DEFAULT_ADDRESS = "127.0.0.1:8765"
 BOUNDARY = "facestream"
 FIGURES_INTERVAL_S = 0.5
 _POLL_S = 0.01
+_NOTSENT_LOWAT = 4096  # bytes a connection may hold in the kernel not yet sent
 
 
 def webrtc_available() -> bool:
@@ -67,9 +68,10 @@ def create_app(
 
     - ``GET /``: the page: the video (WebRTC in a ``<video>``, else MJPEG in an ``<img>``; ``?mode=mjpeg``
       or ``?mode=webrtc`` forces one), the per-stage figures, drops and latency, updated live.
-    - ``GET /stream.mjpg``: ``multipart/x-mixed-replace`` JPEG parts, always the newest frame (a slow
-      reader skips frames); each part carries ``X-Frame-Index`` and ``X-Captured-At``. The stream ends
-      when the run does.
+    - ``GET /stream.mjpg``: ``multipart/x-mixed-replace`` JPEG parts, always the newest frame: a slow
+      reader skips frames, each part being the newest when the previous one left (served by
+      :class:`PreviewServer`, whose connections keep no queue of their own); each part carries
+      ``X-Frame-Index`` and ``X-Captured-At``. The stream ends when the run does.
     - ``GET /frame.jpg``: the newest frame (``503`` before the first).
     - ``GET /figures.json``: ``{"run": figures(), "preview": preview.figures(), ...}``.
     - ``GET /events``: the same as Server-Sent Events every 0.5 s; a last ``end`` event when the run ends.
@@ -340,15 +342,11 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket for the preview, or a one-line error (before any model loads).
-
-    Its send buffer is kept small (accepted connections inherit it): a slow viewer holds at most
-    a frame or two in flight, never a queue of old ones."""
+    """A listening socket for the preview, or a one-line error (before any model loads)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
         sock.bind((host, port))
         sock.listen(64)
     except OSError as exc:
@@ -421,14 +419,24 @@ class PreviewServer:
 
 
 def _prompt_h11() -> type:
-    """uvicorn's h11 protocol with no write buffer of its own: each write waits until the previous
-    one is in the kernel, so the MJPEG stream picks its next frame as late as it can."""
+    """uvicorn's h11 protocol that keeps no queue of its own: no write buffer in the process, and
+    the kernel takes more only once what it holds is on its way (``TCP_NOTSENT_LOWAT``). A write
+    waits until the previous one has left, so the MJPEG stream picks its next frame as late as it
+    can and a slow viewer is never handed a queue of old frames. (How fast data goes out is left to
+    TCP: only the data not yet sent is kept small.)"""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class PromptH11(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             transport.set_write_buffer_limits(high=0)
+            sock = transport.get_extra_info("socket")
+            lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+            if sock is not None and lowat is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, lowat, _NOTSENT_LOWAT)
+                except OSError:  # pragma: no cover - a kernel without it: the default queueing
+                    pass
 
     return PromptH11
 
