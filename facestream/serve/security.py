@@ -172,9 +172,9 @@ class Secrets:
             with self._lock:
                 self._pairs[url] = safe
                 self._pairs[userinfo + "@"] = "***@"
-                for part in userinfo.split(":"):
-                    if len(part) >= 4:  # a password on its own (in an error that split the URL)
-                        self._pairs[part] = "***"
+                password = userinfo.partition(":")[2]
+                if len(password) >= 4:  # a password on its own (in a message that split the URL)
+                    self._pairs[password] = "***"
         return safe
 
     def scrub(self, value: Any) -> Any:
