@@ -400,7 +400,9 @@ class PreviewServer:
             try:
                 await self._server.serve(sockets=[self.sock])
             finally:
-                await self.app.state.close_peers()
+                close_peers = getattr(self.app.state, "close_peers", None)  # a service's app around it has none
+                if close_peers is not None:
+                    await close_peers()
 
         try:
             run_coroutine(serve())

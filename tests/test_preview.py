@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -313,7 +314,7 @@ def chromium(tmp_path: Path) -> Iterator[DevTools]:
 
 
 def test_browser_shows_the_video_over_webrtc_and_mjpeg_with_live_figures(preview_run, chromium, tmp_path):
-    run = preview_run(12.0, "browser")
+    run = preview_run(20.0, "browser")  # long enough for a slow machine; interrupted once checked
     chromium.call("Page.enable")
     chromium.call("Page.navigate", url=run.base)
     # WebRTC (aiortc to Chromium over 127.0.0.1, host candidates only).
@@ -346,8 +347,14 @@ def test_browser_shows_the_video_over_webrtc_and_mjpeg_with_live_figures(preview
     before = int(chromium.wait_for("document.getElementById('frames-out').textContent.replace('-', '')"))
     time.sleep(1.5)
     assert int(chromium.evaluate("document.getElementById('frames-out').textContent")) > before
+    page = chromium.call("Page.captureScreenshot", format="png")
+    (tmp_path / "page.png").write_bytes(base64.b64decode(page["data"]))
+
+    # The run ends (Ctrl-C): the page gets its last figures, then the server goes with the run.
+    run.proc.send_signal(signal.SIGINT)
     code, err = run.wait()
-    assert code == 0, err
+    assert code == 130, err
+    assert chromium.wait_for("document.getElementById('status').textContent", 5) == "interrupted (run ended)"
 
 
 def test_port_in_use_is_one_line_before_any_model_loads(clip_dir):
@@ -415,5 +422,33 @@ def test_bad_requests_get_a_4xx_with_a_reason():
         assert code == 200
         figures = json.loads(request("GET", "figures.json")[1])
         assert figures["run"] == {"status": "running"} and figures["preview"]["frames"] == 1
+    finally:
+        server.stop()
+
+
+def test_app_mounts_under_a_prefix_as_a_service_would():
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from facestream.preview import PreviewServer, bind, create_app
+
+    preview = Preview()
+    preview.write(_frames(3))
+    service = Starlette(routes=[Mount("/jobs/7/preview", app=create_app(preview, lambda: {"status": "running"},
+                                                                        title="job 7"))])
+    server = PreviewServer(service, bind("127.0.0.1", 0), preview)
+    server.start()
+    try:
+        # The page's links are relative: they resolve under the mount (the bare prefix redirects to it).
+        with urllib.request.urlopen(server.url + "jobs/7/preview", timeout=10) as reply:
+            assert reply.url.endswith("/jobs/7/preview/")
+            page = reply.read().decode()
+        assert "<title>job 7</title>" in page and 'img.src = "stream.mjpg"' in page and 'EventSource("events")' in page
+        with urllib.request.urlopen(server.url + "jobs/7/preview/frame.jpg", timeout=10) as reply:
+            assert reply.headers["X-Frame-Index"] == "2"
+            assert cv2.imdecode(np.frombuffer(reply.read(), np.uint8), cv2.IMREAD_COLOR).shape == (36, 64, 3)
+        with urllib.request.urlopen(server.url + "jobs/7/preview/events", timeout=10) as reply:
+            first = reply.readline().decode()
+        assert first.startswith("data: ") and json.loads(first[6:])["preview"]["frames"] == 3
     finally:
         server.stop()
