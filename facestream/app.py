@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from facestream.pipeline.config import to_dict
-from facestream.pipeline.device import resolve_device
+from facestream.pipeline.device import cpu_threads, resolve_device
 from facestream.pipeline.errors import ConfigError, PipelineError, OutputError
 from facestream.pipeline.progress import ProgressPrinter
 from facestream.pipeline.runner import Pipeline, Progress, RunReport, run_coroutine
@@ -343,8 +343,9 @@ def prepare_job(
         if Path(target).exists() and not overwrite:
             raise OutputError(f"{target} exists; add -y (--overwrite) to replace it")
     device = resolve_device(settings.device)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    threads = settings.threads or (cpu_threads() if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     live = is_live_input(source, settings)
     if settings.flow.policy == "latest" and not live:
         # Dropping frames only makes sense against a clock: a file under a live preset is paced

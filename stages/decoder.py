@@ -15,8 +15,9 @@ import av
 from facestream.facelib.media.clock import LiveClock
 from facestream.facelib.media.colour import frame_to_rgb
 from facestream.facelib.media.demux import Demuxer, open_container, reason
-from facestream.facelib.media.inputs import InputSpec, resolve_input
+from facestream.facelib.media.inputs import InputSpec, redact_url, resolve_input
 from facestream.facelib.media.reconnect import Reconnector
+from facestream.facelib.media.srt import SrtBridge
 from facestream.facelib.media.stills import Stills
 from facestream.facelib.media.transfer import HostToDevice
 from facestream.pipeline.config import check, positive
@@ -131,6 +132,7 @@ class Decoder(Source):
         self._corrupt_earlier = 0
         self._t_first: float | None = None
         self._hw_fallback = False  # NVDEC was asked for but cannot serve: software decoding
+        self._srt: SrtBridge | None = None  # srt:// inputs arrive through srt-live-transmit
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,10 +183,12 @@ class Decoder(Source):
         if self._demuxer is not None:
             self._demuxer.container.close()
             self._demuxer = None
+        if self._srt is not None:
+            self._srt.close()
 
     def report(self) -> dict[str, Any]:
         return {
-            "input": self.source,
+            "input": redact_url(self.source),
             "kind": self._spec.kind if self._spec else None,
             "live": self._live,
             "reconnects": self._reconnector.reconnects if self._reconnector else 0,
@@ -213,6 +217,8 @@ class Decoder(Source):
             options["framerate"] = str(s.image_fps)
         options.update(s.options)
         timeouts = (s.open_timeout_s, s.read_timeout_s)
+        if spec.kind == "stream" and spec.target.lower().startswith("srt://"):
+            return self._open_srt(spec, options, timeouts)
         hwaccel = self._nvdec() if s.hwaccel == "cuda" else None
         try:
             return open_container(spec, options=options, timeouts=timeouts, hwaccel=hwaccel)
@@ -221,6 +227,19 @@ class Decoder(Source):
                 raise
             self._software(f"NVDEC cannot open {spec.target} ({exc})")
             return open_container(spec, options=options, timeouts=timeouts)
+
+    def _open_srt(self, spec: InputSpec, options: dict[str, str], timeouts: tuple[float, float]) -> Any:
+        """SRT through a supervised srt-live-transmit that hands the MPEG-TS over on a local UDP port."""
+        if self._srt is None:
+            self._srt = SrtBridge(spec.target, direction="receive", backoff_s=self.settings.backoff_s,
+                                  error=InputError)
+            self._srt.start()
+        local = InputSpec("stream", self._srt.local_url, format="mpegts", live=True)
+        try:
+            return open_container(local, options=options, timeouts=timeouts)
+        except InputError as exc:
+            why = self._srt.last_message or str(exc).rsplit(": ", 1)[-1]
+            raise InputError(f"cannot open {self._srt.name}: {why}") from None
 
     def _nvdec(self) -> Any:
         """NVDEC on the run's GPU, or None (with one warning) where it cannot serve."""
@@ -281,7 +300,7 @@ class Decoder(Source):
         assert ctx is not None
         return Demuxer(container, audio=s.audio, on_audio=ctx.side.put, live=self._live_stream,
                        start=s.start, end=s.end, realtime=s.realtime, frame_rate=self.info.frame_rate,
-                       should_stop=ctx.stop.is_set, wait=ctx.stop.wait, last_time=last_time, name=self.source)
+                       should_stop=ctx.stop.is_set, wait=ctx.stop.wait, last_time=last_time, name=redact_url(self.source))
 
     @property
     def _live_stream(self) -> bool:
@@ -337,7 +356,7 @@ class Decoder(Source):
                     return
                 if not (self._live_stream and s.reconnect):
                     raise InputError(
-                        f"reading {self.source} failed at {demuxer.last_time:.2f} s: {reason(exc)}"
+                        f"reading {redact_url(self.source)} failed at {demuxer.last_time:.2f} s: {reason(exc)}"
                     ) from None
                 reopened = self._reconnect(exc, demuxer)
                 if reopened is None:
@@ -350,7 +369,7 @@ class Decoder(Source):
         assert self._ctx is not None
         if self._reconnector is None:
             s = self.settings
-            self._reconnector = Reconnector(self.source, open_input=self._open_container, stop=self._ctx.stop,
+            self._reconnector = Reconnector(redact_url(self.source), open_input=self._open_container, stop=self._ctx.stop,
                                             timeout_s=s.reconnect_timeout_s, backoff_s=s.backoff_s)
         try:
             demuxer.container.close()

@@ -10,6 +10,7 @@ from typing import Any
 import av
 
 from facestream.facelib.media.inputs import redact_url as redact
+from facestream.facelib.media.srt import SrtBridge
 from facestream.pipeline.errors import OutputError
 from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext
@@ -23,18 +24,39 @@ STREAM_FORMATS = {"rtmp": "flv", "rtmps": "flv", "rtsp": "rtsp", "udp": "mpegts"
 
 
 def is_stream_url(target: str) -> bool:
-    """True for the outputs the streamer writes (``rtmp://``, ``rtsp://``, ``udp://``, ...).
+    """True for live outputs: what the streamer writes (``rtmp://``, ``rtsp://``, ``udp://``,
+    ``srt://``, ...) and virtual cameras (``v4l2:/dev/videoN``).
 
     Example:
-        >>> is_stream_url("rtmp://live.example/app/key"), is_stream_url("out.mp4")
-        (True, False)
+        >>> is_stream_url("rtmp://live.example/app/key"), is_stream_url("v4l2:/dev/video9"), is_stream_url("out.mp4")
+        (True, True, False)
     """
+    if target.lower().startswith("v4l2:"):
+        return True
     return target.split("://", 1)[0].lower() in STREAM_FORMATS if "://" in target else False
 
 
+def live_output(settings: EncoderSettings | None, target: str, *, backoff_s: tuple[float, float] = (0.5, 8.0)) -> Encoder:
+    """The sink for a live output: a :class:`Streamer`, or a virtual camera for ``v4l2:``.
+
+    Example:
+        >>> type(live_output(None, "srt://127.0.0.1:9000")).__name__
+        'Streamer'
+    """
+    if target.lower().startswith("v4l2:"):
+        from .virtualcam import VirtualCamera
+
+        return VirtualCamera(settings, device=target[len("v4l2:"):])
+    return Streamer(settings, url=target, backoff_s=backoff_s)
+
+
 class Streamer(Encoder):
-    """Pushes the processed video live to a server: RTMP (FLV), RTSP (publish, over TCP) or MPEG-TS
-    over UDP, with the source's audio (AAC).
+    """Pushes the processed video live to a server: RTMP (FLV), RTSP (publish, over TCP), MPEG-TS
+    over UDP or TCP, or MPEG-TS over SRT, with the source's audio (AAC).
+
+    SRT goes through a supervised ``srt-live-transmit`` (:class:`SrtBridge`): the stream is written
+    to it over UDP on 127.0.0.1. A caller URL must connect when the run starts; a listener URL
+    (``?mode=listener``) waits for its callers, and frames before the first one are dropped.
 
     The encoder is tuned for latency unless the settings say otherwise (x264 ``zerolatency``, one
     keyframe a second, no B-frames). When the server goes away the run goes on: frames that arrive
@@ -57,7 +79,7 @@ class Streamer(Encoder):
                  backoff_s: tuple[float, float] = (0.5, 8.0)) -> None:
         scheme = url.split("://", 1)[0].lower()
         if scheme not in STREAM_FORMATS:
-            raise OutputError(f"cannot stream to {redact(url)}: use rtmp://, rtsp://, udp:// or tcp://")
+            raise OutputError(f"cannot stream to {redact(url)}: use rtmp://, rtsp://, srt://, udp:// or tcp://")
         settings = settings or EncoderSettings()
         options = {"bf": "0", **settings.options}
         settings = dataclasses.replace(settings, tune=settings.tune or "zerolatency", fragmented=False,
@@ -72,23 +94,50 @@ class Streamer(Encoder):
         self._down_since: float | None = None
         self._next_try = 0.0
         self._wait = backoff_s[0]
+        self._bridge: SrtBridge | None = None
+        self._losses_seen = 0
+        if scheme == "srt":
+            self._bridge = SrtBridge(url, direction="send", backoff_s=backoff_s, error=OutputError)
 
     # An output on the network: nothing to lock or move into place.
     def claim(self) -> None:
         pass
 
     def release(self) -> None:
-        pass
+        if self._bridge is not None:
+            self._bridge.close()
 
     def open(self, ctx: RunContext) -> None:
         info = ctx.source
         if info is not None and "g" not in self.settings.options:
             rate = float(info.frame_rate or 30)
             self.settings.options["g"] = str(max(1, round(rate)))  # a keyframe a second: viewers join fast
+        bridge = self._bridge
         try:
+            if bridge is not None:
+                self._open_srt(bridge)
             super().open(ctx)
         except OutputError as exc:
+            if bridge is not None:
+                bridge.close()
             raise OutputError(str(exc).replace(self.path, redact(self.path))) from None
+        except BaseException:
+            if bridge is not None:
+                bridge.close()
+            raise
+        if bridge is not None and not bridge.connected:  # a listener with no caller yet
+            self._hang_up()
+            log.warning("streamer: %s: waiting for an SRT caller; frames until then are dropped", bridge.name)
+
+    def _open_srt(self, bridge: SrtBridge, connect_timeout_s: float = 5.0) -> None:
+        """Start the bridge; a caller must reach its listener now (as other protocols must)."""
+        bridge.start()
+        self._write_path = bridge.local_url
+        query = self.path.partition("?")[2].lower()
+        listener = "mode=listener" in query or "mode=server" in query or self.path[len("srt://"):].startswith(":")
+        if not listener and not bridge.wait_connected(connect_timeout_s):
+            why = bridge.last_message or f"no SRT listener answered within {connect_timeout_s:.0f} s"
+            raise OutputError(f"cannot stream to {bridge.name}: {why}")
 
     def _connect(self, info: Any) -> None:
         """Open the stream and send its header now: a server that is not there fails here."""
@@ -112,6 +161,11 @@ class Streamer(Encoder):
 
     def write(self, frames: list[Frame]) -> None:
         for frame in frames:
+            bridge = self._bridge
+            if bridge is not None and self._container is not None and (
+                    not bridge.connected or bridge.losses != self._losses_seen):
+                self._losses_seen = bridge.losses
+                self._lost(OSError("the SRT link was lost"))
             if self._container is None and not self._reconnect():
                 self.frames_dropped += 1
                 assert self._ctx is not None
@@ -125,14 +179,17 @@ class Streamer(Encoder):
                 self.frames_dropped += self.frames_written == written  # the frame itself did not go out
 
     def close(self) -> None:
+        try:
+            self._close_stream()
+        finally:
+            if self._bridge is not None:  # the last packets still have to go out over SRT
+                self._bridge.close(linger_s=0.5)
+
+    def _close_stream(self) -> None:
         if self._container is None:
             return
         if not self.frames_written:  # nothing was sent: just hang up
-            container, self._container = self._container, None
-            try:
-                container.close()
-            except (av.error.FFmpegError, OSError):
-                pass
+            self._hang_up()
             return
         try:
             super().close()
@@ -140,10 +197,20 @@ class Streamer(Encoder):
             log.warning("streamer: %s closed with an error: %s", redact(self.path), exc)
             self._container = None
 
+    def _hang_up(self) -> None:
+        container, self._container = self._container, None
+        self._video = self._audio = None
+        try:
+            container.close()
+        except (av.error.FFmpegError, OSError):
+            pass
+
     def report(self) -> dict[str, Any]:
         out = super().report()
         out.update({"output": redact(self.path), "bytes": None, "frames_dropped": self.frames_dropped,
                     "reconnects": self.reconnects, "gaps": self.gaps})
+        if self._bridge is not None:
+            out["srt"] = self._bridge.report()
         return out
 
     # ------------------------------------------------------------------ the connection
@@ -162,7 +229,10 @@ class Streamer(Encoder):
 
     def _reconnect(self) -> bool:
         now = time.monotonic()
-        if now < self._next_try:
+        if self._bridge is not None:  # srt-live-transmit reconnects; the stream reopens once it has
+            if not self._bridge.connected:
+                return False
+        elif now < self._next_try:
             return False
         assert self._ctx is not None and self._ctx.source is not None
         try:

@@ -86,14 +86,24 @@ def resolve_input(source: str) -> InputSpec:
     return InputSpec("file", str(path))
 
 
+SECRET_PARAMETERS = ("passphrase", "password", "pass", "streamid")
+
+
 def redact_url(url: str) -> str:
-    """A URL with its credentials hidden, for messages and reports.
+    """A URL with its credentials hidden, for messages and reports: the user and password, and
+    the values of ``passphrase``, ``password``, ``pass`` and ``streamid`` parameters (SRT).
 
     Example:
         >>> redact_url("rtmp://user:secret@host/app")
         'rtmp://***@host/app'
+        >>> redact_url("srt://host:9000?mode=caller&passphrase=topsecret123")
+        'srt://host:9000?mode=caller&passphrase=***'
     """
     scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    if sep and "@" in rest.split("/", 1)[0].split("?", 1)[0]:
+        url = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    if sep and "?" in url:
+        base, _, query = url.partition("?")
+        hide = re.compile(rf"(^|[&;])({'|'.join(SECRET_PARAMETERS)})=[^&;]+", re.IGNORECASE)
+        url = f"{base}?{hide.sub(lambda m: f'{m.group(1)}{m.group(2)}=***', query)}"
     return url
