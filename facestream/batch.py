@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from facestream.facelib.media.inputs import VIDEO_EXTENSIONS
 from facestream.pipeline.config import to_dict
+from facestream.pipeline.device import cpu_threads
 from facestream.pipeline.errors import ConfigError, OutputError, PipelineError
 from facestream.pipeline.progress import ProgressPrinter
 from facestream.pipeline.runner import Progress, RunReport
@@ -342,9 +343,8 @@ class Batch:
             workers = self._pool.slots
         workers = min(workers, len(units))
         if self.settings.threads is None and workers > 1 and self._pool is None:
-            import torch
-
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+            # The files' runs share this process's cores (see cpu_threads).
+            self.settings = dataclasses.replace(self.settings, threads=cpu_threads(workers))
         for _ in range(workers):
             todo.put(None)
         threads = [threading.Thread(target=self._worker, args=(todo, i), name=f"batch-{i}", daemon=True)

@@ -81,7 +81,8 @@ class Settings:
         mode: ``passthrough``, ``analyze``, ``swap`` or ``anonymize``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; for batches also
             ``cuda:all`` or a list (``cuda:0,1``): files and segments are spread over them.
-        threads: Torch CPU threads (default: torch's own choice).
+        threads: Torch CPU threads (default on a CPU: half the cores, since the stages already run
+            side by side; on a GPU: torch's own choice).
     """
 
     description: str = ""

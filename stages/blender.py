@@ -150,16 +150,16 @@ class Blender(Transform):
             return g.crop
         # Statistics over the generated face: its non-black pixels (builtin) or the crop's middle.
         if g.kind == "builtin":
-            weight = (g.crop.float().sum(dim=-1, keepdim=True) > 0).float()
+            weight = (g.crop > 0).any(dim=-1, keepdim=True)
         else:
-            weight = torch.zeros((*g.crop.shape[:2], 1), device=g.crop.device)
+            weight = torch.zeros((*g.crop.shape[:2], 1), dtype=torch.bool, device=g.crop.device)
             q = g.size // 5
-            weight[q:-q, q:-q] = 1.0
+            weight[q:-q, q:-q] = True
         if mode == "lab":
             fixed = match_colour(g.crop.float(), g.target.float(), weight)
         else:
             fixed = _match_histograms(g.crop.float(), g.target.float(), weight)
-        return (fixed * (weight > 0) + g.crop.float() * (weight == 0)).round().clamp(0, 255).to(torch.uint8)
+        return torch.where(weight, fixed.round().clamp(0, 255).to(torch.uint8), g.crop)
 
     @staticmethod
     def _poisson(out: torch.Tensor, orig: torch.Tensor, mask: np.ndarray) -> torch.Tensor:

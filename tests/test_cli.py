@@ -1,6 +1,7 @@
 """The command line, run as a user runs it: in a subprocess."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -333,3 +334,27 @@ def test_model_loading_is_announced(tmp_path, clip):
                    "--set", "stats.progress=none")
     assert proc.returncode == 0 and "loading the models (builtin pack)" in proc.stderr
 
+
+
+def test_cpu_runs_leave_cores_to_the_stages(tmp_path, clip):
+    """On a CPU, torch's intra-op threads default to half the cores (stages already run side by
+    side); an explicit ``threads`` wins."""
+    import torch
+
+    from facestream.app import prepare_job
+    from facestream.pipeline.device import cpu_threads
+    from facestream.settings import load_settings
+
+    src = clip("cli.mp4", seconds=2, fps=25)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(7)
+        job = prepare_job(load_settings(overrides=["device=cpu"]), source=str(src), output=str(tmp_path / "a.mp4"))
+        job.pipeline.stages[-1].release()
+        assert torch.get_num_threads() == cpu_threads() == max(1, (os.cpu_count() or 1) // 2)
+        job = prepare_job(load_settings(overrides=["device=cpu", "threads=3"]), source=str(src),
+                          output=str(tmp_path / "b.mp4"))
+        job.pipeline.stages[-1].release()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
