@@ -90,6 +90,15 @@ class ServeProcess:
         except json.JSONDecodeError:
             return status, text
 
+    def fetch(self, path: str) -> tuple[int, str, bytes]:
+        """``GET path``: the status, content type and body as bytes."""
+        h = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(self.url + path, headers=h), timeout=30) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type", ""), e.read()
+
     def ok(self, method: str, path: str, body: Any = None, expect: int | tuple[int, ...] = (200, 202)) -> Any:
         status, answer = self.call(method, path, body)
         expected = (expect,) if isinstance(expect, int) else expect

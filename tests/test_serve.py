@@ -208,6 +208,16 @@ def test_stream_live_figures_and_stop(svc: ServeProcess, folders: dict[str, Path
         metrics = _metrics(svc)
         depth = [s for s in metrics["facestream_queue_depth"].samples if s.labels["id"] == stream["id"]]
         assert depth and all(s.labels["kind"] == "stream" for s in depth)
+        # Its browser preview (facestream.preview, mounted per stream): the page, its figures, a frame.
+        page = live["links"]["preview"]
+        assert page == f"/v1/streams/{stream['id']}/preview/"
+        status, kind, body = svc.fetch(page)
+        assert status == 200 and kind.startswith("text/html") and (b"<video" in body or b"<img" in body)
+        status, _, body = svc.fetch(page + "figures.json")
+        assert status == 200 and json.loads(body)["run"]["status"] == "running"
+        status, kind, body = svc.fetch(page + "frame.jpg")
+        assert status == 200 and kind == "image/jpeg"
+        assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
         svc.ok("DELETE", f"/v1/streams/{stream['id']}", expect=202)
         while True:  # the socket sends until the stream ends, then closes
             try:
@@ -217,6 +227,9 @@ def test_stream_live_figures_and_stop(svc: ServeProcess, folders: dict[str, Path
     assert messages[-1]["state"] == "stopped", messages[-1]
     written = frames(folders["out"] / "rec.mp4")
     assert 25 <= written == messages[-1]["report"]["frames_out"] < frames(folders["in"] / "long.mp4")
+    status, _, body = svc.fetch(page)
+    assert status == 404 and json.loads(body)["error"] == "no_preview"
+    assert "preview" not in messages[-1]["links"]
 
 
 def test_credentials_never_leave_the_process(svc: ServeProcess, clips: ClipServer, folders: dict[str, Path]) -> None:

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount
 
 from facestream import __version__
 from facestream.pipeline.errors import ConfigError, PipelineError
@@ -133,6 +134,8 @@ class RunView(BaseModel):
     progress: dict[str, Any]
     error: str | None
     report: dict[str, Any] | None = Field(None, description="the run report (the figures so far while it runs)")
+    links: dict[str, str] = Field(default_factory=dict, description="self; figures (a WebSocket); preview (a "
+                                                                    "running stream's browser page)")
 
 
 class RunList(BaseModel):
@@ -169,6 +172,10 @@ class Service:
         data = run.record()
         data.pop("seq")
         data["report"] = self.secrets.scrub(run.figures()) if report else None
+        base = f"/v1/{run.kind}s/{run.id}"
+        data["links"] = {"self": base, "figures": f"{base}/figures"}
+        if run.preview_app is not None:
+            data["links"]["preview"] = f"{base}/preview/"
         return data
 
     def resolve_input(self, text: str, *, live: bool) -> tuple[str, str]:
@@ -464,6 +471,23 @@ def create_app(options: ServeOptions) -> GuardMiddleware:
     @app.websocket("/v1/jobs/{run_id}/figures")
     async def job_figures(websocket: WebSocket, run_id: str, interval: float = 1.0) -> None:
         await figures(websocket, "job", run_id, interval)
+
+    async def preview(scope: Any, receive: Any, send: Any) -> None:
+        """A running stream's browser preview (facestream.preview's app): the page, MJPEG, WebRTC,
+        figures."""
+        try:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            check_token(options.token, headers.get("authorization"))
+            run = service.runs.get("stream", scope.get("path_params", {}).get("run_id", ""))
+            if run.preview_app is None:
+                raise Refused(404, "no_preview", f"stream {run.id} has no preview now ({run.state})")
+        except Refused as exc:
+            if scope["type"] == "http":
+                await JSONResponse(error_body(exc.rule, exc.detail), status_code=exc.status)(scope, receive, send)
+            return
+        await run.preview_app(scope, receive, send)
+
+    app.router.routes.append(Mount("/v1/streams/{run_id}/preview", app=preview))
 
     return GuardMiddleware(app, max_body=int(options.max_body_mb * MiB), secrets=service.secrets)
 

@@ -79,6 +79,7 @@ class Run:
     uploads: Path | None = None
     job: Job | None = None
     task: asyncio.Task[None] | None = None
+    preview_app: Any = None  # a stream's browser preview (facestream.preview) while it runs
     stop_requested: bool = False
     shutting_down: bool = False
     changed: asyncio.Event | None = None
@@ -141,13 +142,14 @@ class Manager:
     """
 
     def __init__(self, store: Store, *, secrets: Secrets, metrics: ServiceMetrics, concurrency: int = 1,
-                 max_streams: int = 4, stop_timeout_s: float = 30.0) -> None:
+                 max_streams: int = 4, stop_timeout_s: float = 30.0, previews: bool = True) -> None:
         self.store = store
         self.secrets = secrets
         self.metrics = metrics
         self.concurrency = concurrency
         self.max_streams = max_streams
         self.stop_timeout_s = stop_timeout_s
+        self.previews = previews and _preview_available()
         self.runs: dict[str, Run] = {}
         self.queue: asyncio.Queue[str] | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -263,11 +265,17 @@ class Manager:
         from facestream.app import prepare_job
 
         run.started_at = time.time()
+        preview = None
+        if run.kind == "stream" and self.previews:
+            from facestream.stages.preview import Preview
+
+            preview = Preview()
         try:
             try:
                 job = await asyncio.to_thread(prepare_job, run.settings, source=run.source,
                                               output=run.targets[0] if len(run.targets) == 1 else run.targets,
-                                              progress=lambda p: self._progress(run, p), overwrite=run.overwrite)
+                                              progress=lambda p: self._progress(run, p), overwrite=run.overwrite,
+                                              preview=preview)
             except PipelineError as exc:
                 self._finish(run, "failed", error=str(exc))
                 return
@@ -276,6 +284,12 @@ class Manager:
                 self._finish(run, "interrupted" if run.shutting_down else _stopped(run), error=None)
                 return
             run.job = job
+            if preview is not None:
+                from facestream.preview import create_app
+
+                pipeline = job.pipeline
+                run.preview_app = create_app(preview, lambda: self.secrets.scrub(pipeline.snapshot()),
+                                             title=f"facestream stream {run.id}")
             self._set(run, "running")
             report = await job.arun()
             self.metrics.absorb(run.kind, job.pipeline)
@@ -297,6 +311,9 @@ class Manager:
             self._finish(run, "failed", error=f"unexpected error: {type(exc).__name__}: {exc}")
         finally:
             run.job = None
+            if run.preview_app is not None:
+                app, run.preview_app = run.preview_app, None
+                await app.state.close_peers()
 
     def _progress(self, run: Run, p: Progress) -> None:
         run.progress = {
@@ -341,3 +358,12 @@ def _release(job: Job) -> None:
         release = getattr(encoder, "release", None)
         if release is not None:
             release()
+
+
+def _preview_available() -> bool:
+    """Whether streams can have their browser preview (``facestream.preview``, on Starlette)."""
+    try:
+        import facestream.preview  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -19,6 +19,8 @@ from facestream.facelib.media.inputs import NETWORK_SCHEMES, redact_url
 
 log = logging.getLogger("facestream.serve")
 
+DRAIN_LIMIT = 64 * 2**20  # a body over the limit is read and dropped up to this much before the 413
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -287,6 +289,7 @@ class GuardMiddleware:
         if length is not None:
             try:
                 if int(length) > self.max_body:
+                    await self._drain(receive, int(length))
                     return None
             except ValueError:
                 pass
@@ -300,6 +303,8 @@ class GuardMiddleware:
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_body:
+                if message.get("more_body", False):
+                    await self._drain(receive, None)
                 return None
             chunks.append(body)
             if not message.get("more_body", False):
@@ -318,6 +323,20 @@ class GuardMiddleware:
             return await receive()
 
         return replay
+
+    async def _drain(self, receive: Receive, length: int | None) -> None:
+        """Read (and drop) the rest of a body that is too large, up to a bound, so that the client,
+        still sending, reads the 413 rather than a reset connection."""
+        if length is not None and length > DRAIN_LIMIT:
+            return
+        drained = 0
+        while drained <= DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
 
 async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
