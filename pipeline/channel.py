@@ -24,6 +24,10 @@ class Channel(Generic[T]):
         ``latest``: a full channel drops its oldest item to make room, so the consumer always
         gets the freshest data and latency stays bounded; every drop is counted.
 
+    ``get_batch(..., max_age_s=...)`` (the runner passes one frame interval under ``latest``): an item
+    that has waited longer than that is dropped too, unless it is the newest, so that a consumer that
+    falls behind takes the freshest frame rather than a batch of stale ones.
+
     ``close()`` marks the end of the stream: the consumer drains what is queued, then gets ``None``.
     ``cancel()`` tears down: every waiting or later ``put``/``get`` raises :class:`Cancelled`.
 
@@ -52,6 +56,7 @@ class Channel(Generic[T]):
         self.drops = 0
         self._on_drop = on_drop
         self._items: deque[T] = deque()
+        self._since: deque[float] = deque()  # when each item was put (monotonic)
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
@@ -72,6 +77,7 @@ class Channel(Generic[T]):
             if len(self._items) >= self.capacity:
                 if self.policy == "latest":
                     dropped = self._items.popleft()
+                    self._since.popleft()
                     self.drops += 1
                 else:
                     while len(self._items) >= self.capacity and not self._cancelled:
@@ -79,15 +85,18 @@ class Channel(Generic[T]):
                     if self._cancelled:
                         raise Cancelled(self.name)
             self._items.append(item)
+            self._since.append(time.monotonic())
             self._not_empty.notify()
         if dropped is not None and self._on_drop is not None:
             self._on_drop(dropped)
 
-    def get_batch(self, max_items: int, max_wait_s: float = 0.0) -> list[T] | None:
+    def get_batch(self, max_items: int, max_wait_s: float = 0.0, max_age_s: float | None = None) -> list[T] | None:
         """Take up to ``max_items`` items, waiting at most ``max_wait_s`` after the first arrives.
+        With ``max_age_s``, items that have waited longer are dropped (and counted), except the newest.
 
         Returns ``None`` once the channel is closed and drained.
         """
+        stale: list[T] = []
         with self._lock:
             while not self._items:
                 if self._cancelled:
@@ -104,10 +113,21 @@ class Channel(Generic[T]):
                     self._not_empty.wait(remaining)
             if self._cancelled:
                 raise Cancelled(self.name)
+            if max_age_s is not None:
+                too_old = time.monotonic() - max_age_s
+                while len(self._items) > 1 and self._since[0] < too_old:
+                    stale.append(self._items.popleft())
+                    self._since.popleft()
+                    self.drops += 1
             n = min(max_items, len(self._items))
             batch = [self._items.popleft() for _ in range(n)]
+            for _ in range(n):
+                self._since.popleft()
             self._not_full.notify_all()
-            return batch
+        if self._on_drop is not None:
+            for item in stale:
+                self._on_drop(item)
+        return batch
 
     def close(self) -> None:
         """End of stream: the consumer drains the queue, then sees ``None``."""
@@ -128,6 +148,7 @@ class Channel(Generic[T]):
         with self._lock:
             self._cancelled = True
             self._items.clear()
+            self._since.clear()
             self._not_empty.notify_all()
             self._not_full.notify_all()
 

@@ -401,8 +401,12 @@ class Pipeline:
         stats = self.stats[i]
         is_sink = isinstance(stage, Sink)
         wait_s = stage.max_wait_ms / 1000
+        # Under ``latest``, a frame that has waited a whole frame interval is stale once a newer
+        # one is queued: a stage that falls behind takes the freshest frame, not a stale batch.
+        rate = self.ctx.source.frame_rate if self.ctx.source is not None else None
+        max_age_s = float(1 / rate) if self.policy == "latest" and rate else None
         while True:
-            batch = inbox.get_batch(stage.batch_size, wait_s)
+            batch = inbox.get_batch(stage.batch_size, wait_s, max_age_s)
             if batch is None:
                 return None
             if self._finishing:
