@@ -413,3 +413,52 @@ def test_readme_client_example_runs(svc: ServeProcess, folders: dict[str, Path],
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith("done"), r.stdout
     assert frames(folders["out"] / "readme-hidden.mp4") == frames(folders["in"] / "short.mp4")
+
+
+def test_an_unexpected_error_is_clean_json_and_logged(folders: dict[str, Path], tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The real application, with one more route that fails the way a bug would, served by uvicorn
+    in a thread: the client gets a JSON 500 without the traceback; the log has it, credentials hidden."""
+    import threading
+
+    import uvicorn
+
+    from facestream.serve.app import ServeOptions, create_app
+    from tests.conftest import free_port
+
+    guard = create_app(ServeOptions(input_dirs=[str(folders["in"])], output_dir=str(folders["out"]),
+                                    state_dir=str(tmp_path / "state")))
+    service = guard.app.state.service
+
+    @guard.app.get("/v1/bug")
+    async def bug() -> None:
+        url = service.secrets.add(f"rtsp://cam:{SECRET}@10.0.0.1/live")
+        raise RuntimeError(f"a bug while opening {url.replace('***', 'cam:' + SECRET)}")
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(guard, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        with caplog.at_level("ERROR", logger="facestream.serve"):
+            conn.request("GET", "/v1/bug")
+            r = conn.getresponse()
+            body = r.read().decode()
+            deadline = time.monotonic() + 10  # logged just after the answer went out
+            while not (records := [rec for rec in caplog.records if rec.name == "facestream.serve" and rec.exc_info]):
+                assert time.monotonic() < deadline, caplog.records
+                time.sleep(0.05)
+        assert r.status == 500 and json.loads(body) == {
+            "error": "internal_error", "detail": "the service failed unexpectedly; the error is in its log"}
+        assert records and "RuntimeError" in records[0].exc_text and SECRET not in records[0].exc_text
+        assert "rtsp://***@10.0.0.1/live" in records[0].exc_text
+        conn.request("GET", "/healthz")  # the service goes on
+        assert conn.getresponse().status == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -278,7 +279,21 @@ class Service:
                                                   "(an image's path in an input folder, or its data)")
         return settings
 
-    def submit(self, kind: str, req: Any) -> Run:
+    async def submit(self, kind: str, req: Any) -> Run:
+        """Check a request and record its run. The checks read files and load settings (the first
+        load imports the stages): they run in a thread, off the event loop."""
+        run = await asyncio.to_thread(self.check_request, kind, req)
+        try:
+            busy = self.runs.busy_outputs()  # again, now on the loop: a request may have raced this one
+            if any(t in busy for t in run.targets):
+                raise Refused(409, "output_busy", "an output is being written by another job or stream")
+            return self.runs.add(run)
+        except BaseException:
+            if run.uploads is not None:
+                shutil.rmtree(run.uploads, ignore_errors=True)
+            raise
+
+    def check_request(self, kind: str, req: Any) -> Run:
         live = kind == "stream"
         source, shown_input = self.resolve_input(req.input, live=live)
         targets = [req.output] if kind == "job" else list(req.outputs)
@@ -291,16 +306,13 @@ class Service:
         sources, uploads = self.save_sources(run_id, req.sources)
         try:
             settings = self.settings(req.preset, req.overrides, sources)
-            run = Run(id=run_id, kind=kind, seq=0, input=shown_input, outputs=[shown for _, shown in outputs],  # type: ignore[arg-type]
-                      preset=req.preset, overrides=self.secrets.scrub(dict(req.overrides)), source=source,
-                      targets=[t for t, _ in outputs], settings=settings, overwrite=req.overwrite, uploads=uploads)
-            return self.runs.add(run)
         except BaseException:
             if uploads is not None:
-                import shutil
-
                 shutil.rmtree(uploads, ignore_errors=True)
             raise
+        return Run(id=run_id, kind=kind, seq=0, input=shown_input, outputs=[shown for _, shown in outputs],  # type: ignore[arg-type]
+                   preset=req.preset, overrides=self.secrets.scrub(dict(req.overrides)), source=source,
+                   targets=[t for t, _ in outputs], settings=settings, overwrite=req.overwrite, uploads=uploads)
 
 
 def _check_path_settings(base: Any, settings: Any) -> None:
@@ -372,6 +384,12 @@ def create_app(options: ServeOptions) -> GuardMiddleware:
             problems.append(f"{where}: {e.get('msg', 'invalid')}")
         return JSONResponse(error_body("invalid_request", "; ".join(problems)), status_code=422)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers with this, then passes the exception on: GuardMiddleware logs it.
+        return JSONResponse(error_body("internal_error", "the service failed unexpectedly; the error is in its log"),
+                            status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
@@ -396,7 +414,7 @@ def create_app(options: ServeOptions) -> GuardMiddleware:
               responses=errors)
     async def create_job(req: JobRequest, response: Response) -> dict[str, Any]:
         """Run a file job: queued while ``--concurrency`` jobs run."""
-        run = service.submit("job", req)
+        run = await service.submit("job", req)
         response.headers["Location"] = f"/v1/jobs/{run.id}"
         return service.view(run)
 
@@ -423,7 +441,7 @@ def create_app(options: ServeOptions) -> GuardMiddleware:
               responses={**errors, 429: {"model": Error}})
     async def create_stream(req: StreamRequest, response: Response) -> dict[str, Any]:
         """Start a live stream (at most ``--max-streams`` at once)."""
-        run = service.submit("stream", req)
+        run = await service.submit("stream", req)
         response.headers["Location"] = f"/v1/streams/{run.id}"
         return service.view(run)
 

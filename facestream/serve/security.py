@@ -212,12 +212,9 @@ class SecretFilter(logging.Filter):
         cleaned = self.secrets.scrub(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
-        if record.exc_info and record.exc_info[1] is not None:
-            # The traceback would print the exception's text: keep only the scrubbed line.
-            exc = record.exc_info[1]
-            record.msg = f"{record.msg} ({type(exc).__name__}: {self.secrets.scrub(str(exc))})"
-            record.exc_info = None
-            record.exc_text = None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            # The traceback, scrubbed, cached where the formatter looks for it first.
+            record.exc_text = self.secrets.scrub(logging.Formatter().formatException(record.exc_info))
         return True
 
 
