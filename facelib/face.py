@@ -29,7 +29,9 @@ class Face:
         quality: How good a view this is for identity (higher is better), set by the tracker.
         predicted: True where the box came from the tracker's motion model, not the detector.
         plausible: False where the detector doubts the box is a face at its size (a wrong-scale
-            detection): such a face is not swapped, but anonymising still hides its box.
+            detection): such a face is not swapped, but anonymising still hides its box while it is seen.
+        turned_away: True on a predicted face whose track was turning away when it was lost: its
+            old geometry is not swapped (anonymising still hides it).
         generated: The generator's output for this face (a crop and its matrix), for the blender.
 
     Example:
@@ -48,6 +50,7 @@ class Face:
     quality: float = 0.0
     predicted: bool = False
     plausible: bool = True
+    turned_away: bool = False
     generated: Any = None
 
     def __post_init__(self) -> None:

@@ -47,18 +47,23 @@ def load_photo(name: str) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-Trajectory = Callable[[float], "tuple[float, float, float] | None"]
+# A sprite's place at time t: centre x, centre y, scale, and optionally its width's share as it
+# turns (1: facing the camera; a face turning away narrows to a sliver), or None off stage.
+Trajectory = Callable[[float], "tuple[float, float, float] | tuple[float, float, float, float] | None"]
+TURNED_AWAY = 0.3  # narrower than this share of its width (past about 70 degrees), a face is not in view
 
 
 @dataclass
 class Sprite:
-    """A photo crop moved over the background; ``path(t)`` gives its centre and scale, or ``None``
-    while it is off stage. ``face`` is the face box within the crop, ``[x1, y1, x2, y2]``."""
+    """A photo crop moved over the background; ``path(t)`` gives its centre, scale and (optionally)
+    how far it has turned, or ``None`` while it is off stage. ``face`` is the face box within the
+    crop, ``[x1, y1, x2, y2]``."""
 
     name: str
     image: np.ndarray
     path: Trajectory
     face: tuple[float, float, float, float] | None = None
+    lure: bool = False  # ``face`` is not a face but something a detector takes for one
 
 
 @dataclass
@@ -67,6 +72,10 @@ class SceneTruth:
 
     fps: int
     frames: list[list[tuple[str, np.ndarray]]] = field(default_factory=list)
+    # Per frame, the faces on stage but hidden behind another sprite (or turned away), and the
+    # boxes of things in view that a face detector may take for a face (lures).
+    hidden: list[list[tuple[str, np.ndarray]]] = field(default_factory=list)
+    lures: list[list[np.ndarray]] = field(default_factory=list)
 
 
 def render_scene(
@@ -101,16 +110,27 @@ def render_scene(
         y0 = int(round((bg.shape[0] - h) * (t / max(seconds, 1e-9))))
         frame = bg[y0 : y0 + h].copy()
         on_stage: list[tuple[str, np.ndarray]] = []
+        hidden: list[tuple[str, np.ndarray]] = []
+        lures: list[np.ndarray] = []
         for sprite in sprites:
             place = sprite.path(t)
             if place is None:
                 continue
             box, cover = _paste(frame, sprite, *place)
             # A face mostly covered by this sprite is no longer in view.
+            hidden += [(n, b) for n, b in on_stage if _covered(cover, b) >= 0.5]
             on_stage = [(n, b) for n, b in on_stage if _covered(cover, b) < 0.5]
-            if box is not None:
+            if box is None:
+                continue
+            if sprite.lure:
+                lures.append(box)
+            elif len(place) > 3 and place[3] < TURNED_AWAY:
+                hidden.append((sprite.name, box))
+            else:
                 on_stage.append((sprite.name, box))
         truth.frames.append(on_stage)
+        truth.hidden.append(hidden)
+        truth.lures.append(lures)
         vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
         vf.pts = i
         vf.time_base = Fraction(1, fps)
@@ -153,11 +173,13 @@ def _covered(mask: np.ndarray | None, box: np.ndarray) -> float:
     return float(mask[y1:y2, x1:x2].sum()) / area if x2 > x1 and y2 > y1 else 0.0
 
 
-def _paste(frame: np.ndarray, sprite: Sprite, cx: float, cy: float, scale: float) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Composite a sprite with a soft elliptical edge; returns its face box in the frame (if visible)
-    and the mask of the pixels it covers."""
+def _paste(frame: np.ndarray, sprite: Sprite, cx: float, cy: float, scale: float,
+           turn: float = 1.0) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Composite a sprite with a soft elliptical edge, its width scaled by ``turn``; returns its face
+    box in the frame (if visible) and the mask of the pixels it covers."""
     img = sprite.image
-    sw, sh = max(2, int(round(img.shape[1] * scale))), max(2, int(round(img.shape[0] * scale)))
+    sx = scale * turn
+    sw, sh = max(2, int(round(img.shape[1] * sx))), max(2, int(round(img.shape[0] * scale)))
     patch = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     yy, xx = np.mgrid[0:sh, 0:sw]
     r = ((xx - sw / 2) / (sw / 2)) ** 2 + ((yy - sh / 2) / (sh / 2)) ** 2
@@ -177,7 +199,7 @@ def _paste(frame: np.ndarray, sprite: Sprite, cx: float, cy: float, scale: float
     if sprite.face is None:
         return None, cover
     fx1_, fy1_, fx2_, fy2_ = sprite.face
-    box = np.array([x0 + fx1_ * scale, y0 + fy1_ * scale, x0 + fx2_ * scale, y0 + fy2_ * scale], np.float32)
+    box = np.array([x0 + fx1_ * sx, y0 + fy1_ * scale, x0 + fx2_ * sx, y0 + fy2_ * scale], np.float32)
     visible = (min(box[2], frame.shape[1]) - max(box[0], 0)) * (min(box[3], frame.shape[0]) - max(box[1], 0))
     if visible < 0.6 * (box[2] - box[0]) * (box[3] - box[1]):
         return None, cover  # mostly off screen: not a face anyone could be expected to find
@@ -267,4 +289,59 @@ def people_scene(path: str | Path, *, size: tuple[int, int] = (640, 360), fps: i
     placed = [Sprite(n, s.image, paths[n], s.face) for n, s in sprites.items()]
     # Drawn in order: chandler after astronaut, so he passes in front of her.
     placed.sort(key=lambda s: ["rachel", "astronaut", "chandler"].index(s.name))
+    return render_scene(path, background=background, sprites=placed, size=size, fps=fps, seconds=seconds)
+
+
+def lure_sprite() -> Sprite:
+    """A patch of scikit-image's coins photo that dlib's HOG takes for a face (weakly) at twice its
+    size: a false detection with a known place."""
+    import skimage.data
+
+    coins = np.dstack([skimage.data.coins()] * 3)
+    coins = cv2.resize(coins, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_LINEAR)
+    x, y, side = 179, 496, 88  # the detection on the 2x photo
+    pad = side // 2
+    crop = coins[y - pad:y + side + pad, x - pad:x + side + pad].copy()
+    return Sprite("lure", crop, lambda t: None, (pad, pad, pad + side, pad + side), lure=True)
+
+
+def turning_scene(path: str | Path, *, size: tuple[int, int] = (640, 360), fps: int = 25, seconds: float = 6.0,
+                  face_px: float = 90.0) -> SceneTruth:
+    """A face that turns away and back, a face that moves, and a thing a detector takes for a face.
+
+    - ``astronaut`` stands at the left and turns away (her width narrowing to a sliver) from 25 %
+      to 35 % of the clip, stays turned away until 55 %, and turns back by 65 %;
+    - ``rachel`` walks from the right to the middle and back;
+    - ``lure``: a patch of the coins photo, still, bottom right (the truth's ``lures``).
+    """
+    w, h = size
+    background = cv2.GaussianBlur(load_photo("group"), (0, 0), 25)
+    astro = _face_sprite("astronaut", load_photo("astronaut"), ASTRONAUT_FACE)
+    rachel = _face_sprite("rachel", load_photo("group"), GROUP_FACES[0])
+    lure = lure_sprite()
+    scale = {s.name: face_px / (s.face[2] - s.face[0]) for s in (astro, rachel)}  # type: ignore[index]
+
+    def turning(t: float) -> tuple[float, float, float, float]:
+        u = t / seconds
+        if u < 0.25 or u >= 0.65:
+            turn = 1.0
+        elif u < 0.35:
+            turn = float(np.cos((u - 0.25) / 0.1 * np.pi / 2 * 0.92))
+        elif u < 0.55:
+            turn = float(np.cos(np.pi / 2 * 0.92))
+        else:
+            turn = float(np.cos((0.65 - u) / 0.1 * np.pi / 2 * 0.92))
+        return (0.2 * w, 0.4 * h, scale["astronaut"], max(turn, 0.12))
+
+    def walking(t: float) -> tuple[float, float, float]:
+        u = t / seconds
+        x = 0.85 - 0.35 * np.sin(np.pi * u)
+        return (x * w, 0.35 * h, scale["rachel"])
+
+    def still(t: float) -> tuple[float, float, float]:
+        return (0.8 * w, 0.68 * h, 1.0)
+
+    placed = [Sprite("lure", lure.image, still, lure.face, lure=True),
+              Sprite("astronaut", astro.image, turning, astro.face),
+              Sprite("rachel", rachel.image, walking, rachel.face)]
     return render_scene(path, background=background, sprites=placed, size=size, fps=fps, seconds=seconds)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, get_args
 
+import numpy as np
+
 from facestream.pipeline.config import check
 from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext, Transform
 
 from facestream.facelib.face import Face
+from facestream.facelib.ops.detection import keypoints_fit
 from facestream.facelib.models.factory import BuiltinDetectorModel, DetectorBackend, ModelSettings, make_detector
 
 
@@ -100,13 +103,18 @@ class Detector(Transform):
         todo = [f for f in frames if f.detected]
         if todo:
             for frame, det in zip(todo, self._backend.detect([f.image for f in todo])):
+                # A box whose keypoints do not fit it is doubted, whatever the pack (see keypoints_fit);
+                # the builtin pack also looks again at its weak boxes (its landmarks always fit).
+                plausible = np.ones(len(det.boxes), bool) if det.plausible is None else np.asarray(det.plausible, bool)
+                if det.kps is not None and len(det.boxes):
+                    plausible &= keypoints_fit(det.boxes, det.kps)
                 frame.faces = [
                     Face(
                         box=det.boxes[i],
                         score=float(det.scores[i]),
                         kps=det.kps[i] if det.kps is not None else None,
                         landmarks=det.landmarks[i] if det.landmarks is not None else None,
-                        plausible=bool(det.plausible[i]) if det.plausible is not None else True,
+                        plausible=bool(plausible[i]),
                     )
                     for i in range(len(det.boxes))
                 ]

@@ -21,6 +21,8 @@ def face_record(face: Any) -> dict[str, Any]:
     }
     if face.predicted:
         rec["predicted"] = True
+    if not face.plausible:
+        rec["doubted"] = True  # not taken for a face at its size: not swapped (anonymising hides it while seen)
     return rec
 
 

@@ -135,6 +135,7 @@ class Generator(Transform):
         self._model: Any = None
         self.faces_generated = 0
         self.implausible_skipped = 0
+        self.turned_skipped = 0
         self.model_file: str | None = None
 
     def open(self, ctx: RunContext) -> None:
@@ -172,8 +173,14 @@ class Generator(Transform):
             for face in f.faces:
                 if face.identity is None or (swapping and face.identity not in self.sources):
                     continue
-                if swapping and not face.plausible:
-                    self.implausible_skipped += 1  # a doubtful box is not painted over (anonymising still hides it)
+                if not face.plausible and (swapping or _explained(face, f.faces)):
+                    # A doubtful box is not painted over. Anonymising still hides it (missing a
+                    # face is worse than hiding something that is not one), unless it holds a
+                    # face that is hidden anyway (a head and its hair taken for a face).
+                    self.implausible_skipped += 1
+                    continue
+                if swapping and face.turned_away:
+                    self.turned_skipped += 1  # lost while turning away: its old geometry would not fit
                     continue
                 if face.kps is None and self.kind == "inswapper":
                     continue
@@ -187,7 +194,20 @@ class Generator(Transform):
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "faces": self.faces_generated, "model": self.model_file,
-                               "implausible_skipped": self.implausible_skipped}
+                               "implausible_skipped": self.implausible_skipped, "turned_skipped": self.turned_skipped}
         if getattr(self._model, "fell_back", False):
             out["precision_fallback"] = True
         return out
+
+
+def _explained(face: Any, faces: list[Any]) -> bool:
+    """Whether half or more of a plausible face of the same frame lies inside ``face``'s box."""
+    x1, y1, x2, y2 = face.box
+    for other in faces:
+        if other is face or not other.plausible:
+            continue
+        a1, b1, a2, b2 = other.box
+        inter = max(0.0, min(x2, a2) - max(x1, a1)) * max(0.0, min(y2, b2) - max(y1, b1))
+        if inter >= 0.5 * max((a2 - a1) * (b2 - b1), 1e-6):
+            return True
+    return False

@@ -23,6 +23,12 @@ class _Memory:
     box: np.ndarray
     kps: np.ndarray | None
     landmarks: np.ndarray | None
+    jumps: int = 0  # consecutive observations much larger than ``box``
+    turning: bool = False  # the face was turning away when last seen (see Tracker.TURNING)
+
+
+def _side(box: np.ndarray) -> float:
+    return float(np.sqrt(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)))
 
 
 def _move(points: np.ndarray | None, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
@@ -98,7 +104,9 @@ class Tracker(Transform):
     the detector's landmarks) are smoothed per track (One Euro filter) to remove jitter, and each
     observed face's ``quality`` is scored for the embedder. A face's ``plausible`` becomes its
     track's majority verdict, so a doubtful view neither blinks a swap off nor lets a wrong-scale box
-    through; a predicted face never grows beyond its last observed size. Tracks it ends are listed in
+    through; an observed face whose box jumps to half as large again is doubted for that look, and
+    a predicted face never grows beyond its last observed size. A face lost while turning away
+    (its eyes drawing together) is not swapped from its old geometry; anonymising still hides it. Tracks it ends are listed in
     ``frame.tracks_ended`` for the stages after it.
 
     Args:
@@ -114,6 +122,9 @@ class Tracker(Transform):
     """
 
     name = "tracker"
+    JUMP = 1.5  # an observed box this many times its track's side is a jump ...
+    JUMP_FRAMES = 5  # ... unless it holds for this many looks in a row (a cut, a fast zoom)
+    TURNING = 0.75  # eyes this much closer (for the box's width) than the track's most frontal view
 
     def __init__(self, settings: TrackerSettings | None = None, *, every: int = 1,
                  smooth_landmarks: bool = True) -> None:
@@ -125,10 +136,12 @@ class Tracker(Transform):
         self._tracker: ByteTracker | None = None
         self._memory: dict[int, _Memory] = {}
         self._plausible: dict[int, list[int]] = {}  # track -> [plausible detections, detections]
+        self._frontal: dict[int, float] = {}  # track -> its most frontal view's eye distance / box width
         self._kps_bank = OneEuroBank(min_cutoff=s.min_cutoff, beta=s.beta)
         self._landmark_bank = OneEuroBank(min_cutoff=s.min_cutoff, beta=s.beta)
         self.tracks_started = 0
         self.predicted_faces = 0
+        self.size_jumps = 0
 
     def open(self, ctx: RunContext) -> None:
         s = self.settings
@@ -165,16 +178,17 @@ class Tracker(Transform):
                 overlap = box_iou(np.stack([np.asarray(t.box, np.float32) for t in coasting]),
                                   np.stack([f.box for f in kept])).max(axis=1)
                 coasting = [t for t, o in zip(coasting, overlap) if o < 0.3]
-            frame.faces = kept + [self._predicted(t) for t in coasting]
+            frame.faces = kept + [self._predicted(t, missed=True) for t in coasting]
         else:
             result = tracker.predict(1)
-            frame.faces = [self._predicted(t) for t in result.tracks if t.id in self._memory]
+            frame.faces = [self._predicted(t, missed=False) for t in result.tracks if t.id in self._memory]
         ended = before - tracker.ids
         if ended:
             frame.tracks_ended = frozenset(ended)
             for tid in ended:
                 self._memory.pop(tid, None)
                 self._plausible.pop(tid, None)
+                self._frontal.pop(tid, None)
             self._kps_bank.drop(ended)
             self._landmark_bank.drop(ended)
         observed = [f for f in frame.faces if f.track_id is not None and not f.predicted]
@@ -209,11 +223,30 @@ class Tracker(Transform):
             votes[0] += face.plausible
             votes[1] += 1
             face.plausible = 2 * votes[0] >= votes[1]
-            if face.track_id not in self._memory:
+            mem = self._memory.get(face.track_id)  # type: ignore[arg-type]
+            if mem is None:
                 self.tracks_started += 1
-            self._memory[face.track_id] = _Memory(face.box, face.kps, face.landmarks)  # type: ignore[index]
+            elif _side(face.box) > self.JUMP * _side(mem.box) and mem.jumps + 1 < self.JUMP_FRAMES:
+                # A face does not grow by half between two looks: a box that does is doubted (not
+                # swapped) and not taken as the track's size, unless it holds for JUMP_FRAMES looks.
+                face.plausible = False
+                mem.jumps += 1
+                self.size_jumps += 1
+                continue
+            self._memory[face.track_id] = _Memory(face.box, face.kps, face.landmarks,  # type: ignore[index]
+                                                  turning=self._turning(face))
 
-    def _predicted(self, track: Track) -> Face:
+    def _turning(self, face: Face) -> bool:
+        """Whether the face looks turned away from its most frontal view so far: its eyes closer
+        together, for the size of its box, than TURNING times the most seen on its track."""
+        if face.kps is None:
+            return False
+        frontal = float(np.linalg.norm(face.kps[0] - face.kps[1])) / max(float(face.box[2] - face.box[0]), 1e-6)
+        peak = self._frontal.get(face.track_id, 0.0)  # type: ignore[arg-type]
+        self._frontal[face.track_id] = max(peak, frontal)  # type: ignore[index]
+        return frontal < self.TURNING * peak
+
+    def _predicted(self, track: Track, *, missed: bool) -> Face:
         self.predicted_faces += 1
         mem = self._memory.get(track.id)
         box = np.asarray(track.box, np.float32)
@@ -229,8 +262,11 @@ class Tracker(Transform):
         kps = _move(mem.kps, mem.box, box) if mem else None
         landmarks = _move(mem.landmarks, mem.box, box) if mem else None
         votes = self._plausible.get(track.id, [1, 1])
+        # A face the detector looked for and did not find, while it was turning away, has most
+        # likely turned further: its old geometry would paint a frontal face over a profile.
+        turned = missed and mem is not None and mem.turning
         return Face(box=box, score=float(track.score), kps=kps, landmarks=landmarks, track_id=track.id, predicted=True,
-                    plausible=2 * votes[0] >= votes[1])
+                    plausible=2 * votes[0] >= votes[1], turned_away=turned)
 
     def report(self) -> dict[str, Any]:
-        return {"tracks": self.tracks_started, "predicted_faces": self.predicted_faces}
+        return {"tracks": self.tracks_started, "predicted_faces": self.predicted_faces, "size_jumps": self.size_jumps}

@@ -285,6 +285,30 @@ def test_a_coasting_face_never_grows_beyond_its_last_observed_size():
     assert max(predicted) <= widths[-1] + 1e-3
 
 
+def test_a_face_whose_box_jumps_in_size_is_doubted_until_the_new_size_holds():
+    """An observed box half as large again as its track's is doubted for that look (never swapped);
+    a size that holds for JUMP_FRAMES looks (a cut, a fast zoom) is taken as the face's."""
+    tracker = open_tracker(Tracker(TrackerSettings(smooth=False, coast_frames=0)))
+    sides = [80] * 8 + [130] + [80] * 4 + [130] * 8
+    verdicts, ids = [], set()
+    for i, side in enumerate(sides):
+        c = 240
+        box = [c - side / 2, c - side / 2, c + side / 2, c + side / 2]
+        frame = Frame(index=i, pts=i, time_base=Fraction(1, 30), captured_at=0.0, image=IMAGE,
+                      faces=[Face(box=box, score=0.9, kps=_kps(box))])
+        tracker.process([frame])
+        (face,) = frame.faces
+        ids.add(face.track_id)
+        verdicts.append(face.plausible)
+    assert ids == {1} or len(ids) == 1, "one track throughout"
+    assert verdicts[:8] == [True] * 8 and verdicts[8] is False, "the one-look jump is doubted"
+    assert verdicts[9:13] == [True] * 4
+    jump = Tracker.JUMP_FRAMES
+    assert verdicts[13 : 13 + jump - 1] == [False] * (jump - 1), "a new size is doubted until it holds"
+    assert all(verdicts[13 + jump - 1 :]), "then taken as the face's"
+    assert tracker.report()["size_jumps"] == 1 + jump - 1
+
+
 def test_a_doubtful_detection_follows_its_tracks_majority():
     tracker = open_tracker(Tracker(TrackerSettings(smooth=False)))
     seen = []

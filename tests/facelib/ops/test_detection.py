@@ -69,3 +69,24 @@ def test_largest_central_rank_matches_the_host_rule():
     expected = kept[select_largest_central(boxes[kept], hw, 5)]
     assert list(np.argsort(rank)[:5]) == list(expected)
     assert (rank[keep] < keep.sum()).all()  # boxes not kept rank after every kept one
+
+
+def test_keypoints_fit_real_faces_and_not_boxes_at_the_wrong_scale():
+    """Keypoints of real detections (dlib's, on the group photo) fit their boxes; the same keypoints
+    in a box 3.5 times the size of dlib's tight box (about 2.7 times an SCRFD box: a head and
+    shoulders taken for a face), or pushed outside the box, do not."""
+    import torch
+
+    from facestream.facelib.models.builtin_pack import DlibDetector
+    from facestream.facelib.ops.detection import keypoints_fit
+    from facestream.scenes import load_photo
+
+    det = DlibDetector(upsample=1).detect([torch.from_numpy(load_photo("group"))])[0]
+    assert len(det.boxes) >= 5
+    assert keypoints_fit(det.boxes, det.kps).all()
+    centre = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2
+    half = (det.boxes[:, 2:] - det.boxes[:, :2]) / 2
+    grown = np.concatenate([centre - 3.5 * half, centre + 3.5 * half], axis=1)
+    assert not keypoints_fit(grown, det.kps).any()
+    shifted = det.kps + (det.boxes[:, 2:] - det.boxes[:, :2])[:, None] * [1.2, 0.0]
+    assert not keypoints_fit(det.boxes, shifted).any()
