@@ -18,6 +18,8 @@ from facestream.pipeline.device import cpu_threads, resolve_device
 from facestream.pipeline.errors import ConfigError, PipelineError, OutputError
 from facestream.pipeline.progress import ProgressPrinter
 from facestream.pipeline.runner import Pipeline, Progress, RunReport, run_coroutine
+from facestream.pipeline.mux import Muxer
+from facestream.pipeline.router import Router
 from facestream.pipeline.tee import Tee
 from facestream.facelib.media.demux import SidePacket
 from facestream.pipeline.stage import Sink, Stage
@@ -174,14 +176,28 @@ def anonymize_stages(settings: Settings) -> list[Stage]:
     return stages
 
 
-def build_stages(settings: Settings, *, source: str, output: str | Sequence[str], faces_jsonl: str | None = None,
-                 live: bool = False, device: torch.device | None = None, write_from_s: float = 0.0,
-                 preview: Sink | None = None) -> list[Stage]:
+def build_stages(settings: Settings, *, source: str | Sequence[str], output: str | Sequence[str],
+                 faces_jsonl: str | None = None, live: bool = False, device: torch.device | None = None,
+                 write_from_s: float = 0.0, preview: Sink | None = None) -> list[Stage]:
     """Decoder, the mode's processing stages, encoder. The output is claimed first, so that a second
     run on it fails before any model loads. ``write_from_s``: see :class:`Encoder`. ``preview``: one
-    more output beside the encoders (a :class:`~facestream.stages.preview.Preview`)."""
+    more output beside the encoders (a :class:`~facestream.stages.preview.Preview`).
+
+    Several sources are several feeds on one pipeline: each has its own decoder (under a
+    :class:`Muxer`) and its own output (``output`` in the same order, under a :class:`Router`), and
+    every model batches frames of all of them."""
     i, o = settings.input, settings.output
-    decoder = Decoder(dataclasses.replace(i, audio=i.audio and o.audio != "none"), source=source)
+    sources = _listed(source)
+    feeds = len(sources) > 1
+    if feeds:
+        _check_pairs(sources, _listed(output))
+        if preview is not None:
+            raise ConfigError("the preview shows one feed: run it with one input")
+    decoder_settings = dataclasses.replace(i, audio=i.audio and o.audio != "none")
+    decoders = [Decoder(decoder_settings, source=s) for s in sources]
+    first: Stage = decoders[0]
+    if feeds:
+        first = Muxer(decoders, policy=settings.flow.resolve(live=live), queue_size=2)
     encoder_settings = o.encoder()
     if live:
         # A live recording is written in place as fragments: playable up to the last one whatever
@@ -202,14 +218,26 @@ def build_stages(settings: Settings, *, source: str, output: str | Sequence[str]
         raise
     for encoder in encoders:
         encoder.metadata = metadata
+    if feeds:
+        return [first, *middle, Router(encoders)]
     sinks: list[Sink] = [*encoders, *([preview] if preview is not None else [])]
     if len(sinks) == 1:
-        return [decoder, *middle, sinks[0]]
-    return [decoder, *middle, Tee(sinks, copy_side=SidePacket.copy)]
+        return [first, *middle, sinks[0]]
+    return [first, *middle, Tee(sinks, copy_side=SidePacket.copy)]
 
 
-def _outputs(output: str | Sequence[str]) -> list[str]:
-    return [output] if isinstance(output, str) else list(output)
+def _listed(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+_outputs = _listed
+
+
+def _check_pairs(sources: Sequence[str], targets: Sequence[str]) -> None:
+    """Several inputs: one output each, in order."""
+    if len(targets) != len(sources):
+        raise ConfigError(f"{len(sources)} inputs need {len(sources)} outputs (-o once per input, in the same "
+                          f"order), got {len(targets)}")
 
 
 def _middle_stages(settings: Settings, *, faces_jsonl: str | None,
@@ -246,7 +274,9 @@ def _middle_stages(settings: Settings, *, faces_jsonl: str | None,
     return middle, metadata
 
 
-def is_live_input(source: str, settings: Settings) -> bool:
+def is_live_input(source: str | Sequence[str], settings: Settings) -> bool:
+    if not isinstance(source, str):
+        return any(is_live_input(s, settings) for s in source)
     if settings.input.live is not None:
         return settings.input.live
     if settings.input.realtime:
@@ -267,7 +297,7 @@ class Job:
 
     pipeline: Pipeline
     settings: Settings
-    source: str
+    source: str | Sequence[str]
     output: str | Sequence[str]
     stats_path: str | None = None
 
@@ -278,13 +308,14 @@ class Job:
             report = await self.pipeline.arun()
         finally:
             sink = self.pipeline.stages[-1]
-            for encoder in sink.sinks if isinstance(sink, Tee) else [sink]:
+            for encoder in sink.sinks if isinstance(sink, (Tee, Router)) else [sink]:
                 if isinstance(encoder, Encoder):
                     encoder.release()  # also when a stage failed to start and the encoder never opened
         report.stats.update(
             {
                 "facestream": __version__,
-                "input": redact_url(self.source),
+                "input": redact_url(self.source) if isinstance(self.source, str)
+                else [redact_url(s) for s in self.source],
                 "output": [redact_url(t) for t in _outputs(self.output)] if not isinstance(self.output, str)
                 else redact_url(self.output),
                 "started_at": started,
@@ -303,7 +334,7 @@ class Job:
 def prepare_job(
     settings: Settings,
     *,
-    source: str,
+    source: str | Sequence[str],
     output: str | Sequence[str],
     stats_path: str | None = None,
     faces_jsonl: str | None = None,
@@ -314,7 +345,10 @@ def prepare_job(
 ) -> Job:
     """Check the paths, choose the device and flow policy, and assemble the stages into a :class:`Job`.
 
-    ``output``: a file or stream URL, or several (each gets every frame).
+    ``source``: an input, or several: several feeds on one pipeline, each written to the output
+    at its position in ``output``.
+
+    ``output``: a file or stream URL, or several (with one source, each gets every frame).
 
     ``write_from_s``: process from the input's start but write only from this time (a segment
     warming up on the previous one's tail).
@@ -329,13 +363,16 @@ def prepare_job(
     targets = _outputs(output)
     if not targets:
         raise OutputError("no output given")
+    sources = _listed(source)
+    if len(sources) > 1:
+        _check_pairs(sources, targets)
     files = [Path(t).resolve() for t in targets if not is_stream_url(t)]
     if len(set(files)) != len(files):
         raise OutputError("the same output file is given twice")
     for target in targets:
         if is_stream_url(target):
             continue
-        if "://" not in source and Path(source).exists() and Path(target).resolve() == Path(source).resolve():
+        if any("://" not in s and Path(s).exists() and Path(target).resolve() == Path(s).resolve() for s in sources):
             raise ConfigError(f"the output would overwrite the input: {target}")
         if Path(target).suffix.lower() not in CONTAINERS:
             raise OutputError(f"output must end in {', '.join(sorted(CONTAINERS))} (or be an rtmp://, rtsp://, "

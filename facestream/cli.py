@@ -32,6 +32,11 @@ examples:
   facestream run webcam:0 -o rtmp://live.example/app/KEY --preset live --set mode=anonymize
   facestream run rtsp://cam.local/stream -o cam.mp4 -o rtmp://live.example/app/KEY --preset live
   facestream run webcam:0 -o webcam.mp4 --preset live --preview   # watch it at http://127.0.0.1:8765/
+  facestream run rtsp://cam1/s rtsp://cam2/s -o cam1.mp4 -o cam2.mp4 --preset live --set mode=anonymize
+
+Several inputs are several feeds on one pipeline: every model batches frames of all of them,
+tracks and identities are kept per feed, a feed that drops or ends does not stop the others, and
+each input is written to its own output (the -o options, in the same order).
 
 Any preset key can be overridden with --set section.key=value (values are read as YAML).
 """
@@ -78,11 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_RUN,
         formatter_class=_Formatter,
     )
-    run.add_argument("input", metavar="INPUT", help="file, rtsp/rtmp/srt/udp/http URL, webcam:N, image, folder or pattern")
+    run.add_argument("input", nargs="+", metavar="INPUT",
+                     help="file, rtsp/rtmp/srt/udp/http URL, webcam:N, image, folder or pattern; several: several "
+                          "feeds on one pipeline, one -o each")
     run.add_argument("-o", "--output", required=True, action="append", metavar="OUTPUT",
                      help="output file (.mp4, .mkv, .mov, .webm), stream (rtmp://, rtsp://, srt://, udp://, tcp://) "
                           "or virtual camera (v4l2:/dev/videoN); "
-                          "repeat it to record and stream at once")
+                          "repeat it to record and stream at once (one input), or once per input")
     _settings_arguments(run)
     run.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
     run.add_argument("--faces-jsonl", metavar="FILE.jsonl", help="write every frame's faces as JSON lines")
@@ -195,7 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         preview = Preview()
     try:
-        job = prepare_job(settings, source=args.input, output=args.output[0] if len(args.output) == 1 else args.output,
+        source = args.input[0] if len(args.input) == 1 else args.input
+        job = prepare_job(settings, source=source, output=args.output[0] if len(args.output) == 1 else args.output,
                           stats_path=args.stats,
                           faces_jsonl=args.faces_jsonl, overwrite=args.overwrite, preview=preview)
     except BaseException:
@@ -229,6 +237,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"({stats['fps']:.1f} fps{dropped})",
             file=sys.stderr,
         )
+    for feed, target in zip(stats.get("streams", []), args.output):
+        from facestream.stages.streamer import redact
+
+        dropped = f", {feed['frames_dropped']} dropped" if feed["frames_dropped"] else ""
+        print(f"facestream: feed {feed['stream']} -> {redact(target)}: {feed['frames_out']} frames{dropped}, "
+              f"latency p50 {feed['latency_ms']['p50_ms']:.0f} ms, p95 {feed['latency_ms']['p95_ms']:.0f} ms",
+              file=sys.stderr)
     return report.exit_code
 
 

@@ -14,8 +14,9 @@ class Frame:
     """One decoded video frame and everything the stages learned about it.
 
     Attributes:
-        index: Position of the frame in the source, counting from 0. Frames dropped by a live flow
-            policy leave gaps; order is always preserved.
+        index: Position of the frame in the run, counting from 0: unique and increasing in the order
+            frames enter the pipeline. Frames dropped by a live flow policy leave gaps; order is
+            always preserved.
         pts: Presentation time in ``time_base`` units, relative to the start of the output.
         time_base: Unit of ``pts`` in seconds.
         captured_at: Wall-clock time (``time.time()``) at which the frame was decoded or captured.
@@ -27,6 +28,10 @@ class Frame:
             after it can forget what they kept per track.
         gap_s: Seconds the source was away before this frame (a live stream that reconnected).
         timings: Seconds each stage spent on this frame (a batch's time is shared by its frames).
+        stream: Which feed the frame came from, when one run reads several (see
+            :class:`~facestream.pipeline.mux.Muxer`); 0 otherwise.
+        stream_index: Position of the frame in its own feed (``index`` when the run has one feed).
+            Stages that count frames of a sequence (every Nth frame, refresh schedules) count these.
 
     Every field is typed: what one stage hands the next travels here, and nothing flows back.
 
@@ -47,8 +52,12 @@ class Frame:
     tracks_ended: frozenset[int] = frozenset()
     gap_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    stream: int = 0
+    stream_index: int = -1
 
     def __post_init__(self) -> None:
+        if self.stream_index < 0:
+            self.stream_index = self.index
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != torch.uint8:
             raise ValueError(
                 f"Frame.image must be an (H, W, 3) uint8 tensor, got {tuple(self.image.shape)} "

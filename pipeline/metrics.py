@@ -71,6 +71,7 @@ class StageStats:
     frames: int = 0
     calls: int = 0
     busy_s: float = 0.0
+    mixed_batches: int = 0  # batches holding frames of more than one feed
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def record(self, n_frames: int, seconds: float) -> None:

@@ -55,6 +55,9 @@ class ProgressPrinter:
     @staticmethod
     def format(p: Progress) -> str:
         drops = f"  dropped {p.frames_dropped}" if p.frames_dropped else ""
+        if p.streams:
+            # Several feeds: frames out of each, in feed order.
+            drops += "  feeds " + " ".join(f"{f['stream']}:{f['frames_out']}" for f in p.streams)
         if p.live or not p.total_frames:
             return (
                 f"{'live ' if p.live else ''}{_clock(p.elapsed_s)}  frames {p.frames_out}  {p.fps:5.1f} fps"

@@ -74,6 +74,7 @@ class Progress:
     latency_p95_ms: float
     queue_depths: list[int] = field(default_factory=list)
     final: bool = False
+    streams: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +93,20 @@ class RunReport:
         if self.error is not None:
             return self.error.exit_code
         return 0
+
+
+@dataclass
+class _FeedFigures:
+    """One feed's share of a run that reads several."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def summary(self, stream: int) -> dict[str, Any]:
+        return {"stream": stream, "frames_in": self.frames_in, "frames_out": self.frames_out,
+                "frames_dropped": self.frames_dropped, "latency_ms": self.latency.summary_ms()}
 
 
 def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
@@ -161,12 +176,16 @@ class Pipeline:
                 capacity=max(queue_size, nxt.batch_size),
                 policy=policy,
                 name=f"{cur.name}->{nxt.name}",
+                on_drop=self._count_drop,
             )
             for cur, nxt in zip(self.stages, self.stages[1:])
         ]
         self.stats = [StageStats(s.name) for s in self.stages]
         self.queue_stats = [QueueStats(ch.name, ch.capacity) for ch in self.channels]
         self.latency = LatencyHistogram()
+        # Per feed, when the source reads several (frame.stream): frames in, out, dropped, latency.
+        self._feeds: dict[int, _FeedFigures] = {}
+        self._feeds_lock = threading.Lock()
         self._error: PipelineError | None = None
         self._failed_stage: int | None = None
         self._signal: int | None = None
@@ -390,6 +409,7 @@ class Pipeline:
             dt = time.perf_counter() - t
             stats.record(1, dt)
             frame.timings[stage.name] = dt
+            self._feed(frame.stream).frames_in += 1
             last = frame.index
             outbox.put(frame)
         return None
@@ -425,19 +445,47 @@ class Pipeline:
                 raise
             dt = time.perf_counter() - t
             stats.record(len(batch), dt)
+            if any(f.stream != batch[0].stream for f in batch):
+                stats.mixed_batches += 1
             share = dt / len(batch)
             for f in batch:
                 f.timings[stage.name] = share
             if is_sink:
                 now = time.time()
                 for f in batch:
-                    self.latency.add(max(0.0, now - f.captured_at))
+                    latency = max(0.0, now - f.captured_at)
+                    self.latency.add(latency)
+                    feed = self._feed(f.stream)
+                    feed.frames_out += 1
+                    feed.latency.add(latency)
             else:
                 assert outbox is not None
                 if self._finishing:
                     out = self._keep(out)
                 for f in out:
                     outbox.put(f)
+
+    def _feed(self, stream: int) -> _FeedFigures:
+        feed = self._feeds.get(stream)
+        if feed is None:
+            with self._feeds_lock:
+                feed = self._feeds.setdefault(stream, _FeedFigures())
+        return feed
+
+    def _count_drop(self, frame: Frame) -> None:
+        feed = self._feed(frame.stream)
+        with self._feeds_lock:
+            feed.frames_dropped += 1
+
+    @property
+    def _multi_feed(self) -> bool:
+        return len(self.ctx.streams) > 1
+
+    def _feed_figures(self) -> list[dict[str, Any]]:
+        """Per feed (runs that read several): frames in, out, dropped between stages, latency."""
+        if not self._multi_feed:
+            return []
+        return [self._feed(k).summary(k) for k in range(len(self.ctx.streams))]
 
     def _keep(self, frames: list[Frame]) -> list[Frame]:
         """After :meth:`finish`: the frames at or before the cut; the rest are dropped (counted)."""
@@ -508,6 +556,7 @@ class Pipeline:
                 latency_p95_ms=self.latency.percentile(95) * 1e3,
                 queue_depths=[len(ch) for ch in self.channels],
                 final=final,
+                streams=self._feed_figures(),
             )
         )
 
@@ -520,6 +569,9 @@ class Pipeline:
         stages: dict[str, Any] = {}
         for stage, st in zip(self.stages, self.stats):
             stages[stage.name] = {**st.summary(wall), **stage.report()}
+            if self._multi_feed and not isinstance(stage, Source):
+                stages[stage.name]["mixed_batches"] = st.mixed_batches
+        feeds = {"streams": self._feed_figures()} if self._multi_feed else {}
         return {
             "status": status,
             "error": str(self._error) if self._error else None,
@@ -533,6 +585,7 @@ class Pipeline:
             "wall_s": round(wall, 3),
             "fps": round(frames_out / wall, 2),
             "latency_ms": self.latency.summary_ms(),
+            **feeds,
             "stages": stages,
             "queues": {
                 ch.name: qs.summary(ch.drops) for ch, qs in zip(self.channels, self.queue_stats)

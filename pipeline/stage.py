@@ -56,6 +56,9 @@ class RunContext:
         side: Items that bypass the processing stages, from the source straight to the sink.
         stop: Set when the run should wind down (e.g. on SIGINT): sources stop producing.
         log: Where stages report warnings.
+        streams: One context per feed when the source reads several (filled by a
+            :class:`~facestream.pipeline.mux.Muxer`): each feed's own source info and side channel,
+            for the sink that writes that feed.
     """
 
     device: torch.device
@@ -63,6 +66,7 @@ class RunContext:
     side: SideChannel[Any] = field(default_factory=SideChannel)
     stop: threading.Event = field(default_factory=threading.Event)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger(__package__ or "pipeline"))
+    streams: list[RunContext] = field(default_factory=list)
 
 
 class Stage:

@@ -99,7 +99,7 @@ class Detector(Transform):
         assert self._backend is not None
         every = self.settings.every
         for f in frames:
-            f.detected = f.index % every == 0
+            f.detected = f.stream_index % every == 0  # every Nth frame of each feed
         todo = [f for f in frames if f.detected]
         if todo:
             for frame, det in zip(todo, self._backend.detect([f.image for f in todo])):

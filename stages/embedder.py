@@ -80,7 +80,7 @@ class Embedder(Transform):
                 elif face.track_id is None or face.predicted:
                     wanted = False
                 else:
-                    wanted = self.schedule.wants(face.track_id, frame=frame.index, quality=face.quality)
+                    wanted = self.schedule.wants(face.track_id, frame=frame.stream_index, quality=face.quality)
                 if wanted:
                     todo.append((fi, face))
             self.faces_seen += len(frame.faces)

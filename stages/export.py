@@ -29,6 +29,9 @@ def face_record(face: Any) -> dict[str, Any]:
 class FacesJsonl(Transform):
     """Writes ``{"frame": i, "pts": seconds, "faces": [...]}`` per frame to a JSON-lines file.
 
+    When the run reads several feeds, each line also says which (``"stream"``) and the frame's
+    position in that feed (``"stream_frame"``); ``pts`` is then the feed's own time.
+
     Args:
         path: The file to write (replaced).
         landmarks: Also write each face's dense landmarks.
@@ -45,8 +48,10 @@ class FacesJsonl(Transform):
         self.landmarks = landmarks
         self._file: IO[str] | None = None
         self.lines = 0
+        self.streams = False
 
     def open(self, ctx: RunContext) -> None:
+        self.streams = len(ctx.streams) > 1
         try:
             self._file = open(self.path, "w", encoding="utf-8")
         except OSError as exc:
@@ -61,7 +66,10 @@ class FacesJsonl(Transform):
                 if self.landmarks and face.landmarks is not None:
                     rec["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks]
                 faces.append(rec)
-            self._file.write(json.dumps({"frame": f.index, "pts": round(f.time, 6), "faces": faces}) + "\n")
+            record = {"frame": f.index, "pts": round(f.time, 6), "faces": faces}
+            if self.streams:
+                record = {"stream": f.stream, "stream_frame": f.stream_index, **record}
+            self._file.write(json.dumps(record) + "\n")
         self.lines += len(frames)
         return frames
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ class Selector(Transform):
     (``reference``, ``map``); ended tracks (``frame.tracks_ended``) move to a re-identification
     gallery, so a person who returns under a new track id gets their decision back.
 
+    Frames of several feeds (``frame.stream``) each have their own cache and selection (``one``
+    picks one face per feed; a person is re-identified within their feed), counted in the feed's
+    own frames (``frame.stream_index``).
+
     Args:
         settings: The selection policy.
         identity_settings: Hysteresis, re-identification and the same-person threshold.
@@ -138,6 +143,8 @@ class Selector(Transform):
         self.threshold = SAME_PERSON[pack] if ids.threshold is None else ids.threshold
         self.cache = IdentityCache(threshold=self.threshold, switch_votes=ids.switch_votes,
                                    gallery_size=64 if ids.reid else 0)
+        self._feeds: dict[int, tuple[FaceSelector, IdentityCache]] = {0: (self.selector, self.cache)}
+        self._blank: tuple[FaceSelector, IdentityCache] | None = None
 
     def open(self, ctx: RunContext) -> None:
         fps = float(ctx.source.frame_rate) if ctx.source and ctx.source.frame_rate else 30.0
@@ -152,12 +159,20 @@ class Selector(Transform):
         if people and self.selector.by_embedding:
             self.cache.decide = IdentityMatcher(people, threshold=self.threshold, mapping=self.mapping,
                                                 identity=self.identity, exclude=self.settings.exclude)
+        self._blank = copy.deepcopy((self.selector, self.cache))  # for feeds after the first
+
+    def _feed(self, stream: int) -> tuple[FaceSelector, IdentityCache]:
+        feed = self._feeds.get(stream)
+        if feed is None:
+            assert self._blank is not None
+            feed = self._feeds[stream] = copy.deepcopy(self._blank)
+        return feed
 
     def process(self, frames: list[Frame]) -> list[Frame]:
-        cache = self.cache
         for frame in frames:
+            selector, cache = self._feed(frame.stream)
             if frame.tracks_ended:
-                cache.end(frame.tracks_ended, frame.index)
+                cache.end(frame.tracks_ended, frame.stream_index)
             for face in frame.faces:
                 if face.track_id is None:
                     continue
@@ -165,8 +180,8 @@ class Selector(Transform):
                     cache.observe(face.track_id, face.embedding, face.quality)
                 else:
                     face.embedding = cache.embedding(face.track_id)
-            self.selector.apply(frame.faces, (frame.width, frame.height), cache, frame.index)
+            selector.apply(frame.faces, (frame.width, frame.height), cache, frame.stream_index)
         return frames
 
     def report(self) -> dict[str, Any]:
-        return {"selection": self.selector.mode, "reidentified": self.cache.reidentified}
+        return {"selection": self.selector.mode, "reidentified": sum(c.reidentified for _, c in self._feeds.values())}

@@ -27,6 +27,17 @@ class _Memory:
     turning: bool = False  # the face was turning away when last seen (see Tracker.TURNING)
 
 
+class _Feed:
+    """One feed's ByteTrack, and the run-wide ids of its confirmed tracks."""
+
+    def __init__(self, tracker: ByteTracker) -> None:
+        self.tracker = tracker
+        self.ids: dict[int, int] = {}  # the tracker's own id -> the run-wide id
+
+    def __getitem__(self, local: int) -> int:
+        return self.ids[local]
+
+
 def _side(box: np.ndarray) -> float:
     return float(np.sqrt(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)))
 
@@ -109,6 +120,10 @@ class Tracker(Transform):
     (its eyes drawing together) is not swapped from its old geometry; anonymising still hides it. Tracks it ends are listed in
     ``frame.tracks_ended`` for the stages after it.
 
+    Frames of several feeds (``frame.stream``) are tracked apart: one ByteTrack per feed, and
+    track ids unique across feeds (given in the order tracks are confirmed), so the stages after it
+    keep what they know per track without knowing about feeds.
+
     Args:
         settings: Thresholds, coasting and smoothing.
         every: The detector's ``every`` (detector runs per frame set the tracker's clock).
@@ -133,7 +148,9 @@ class Tracker(Transform):
         self.settings = s = settings or TrackerSettings()
         self.every = every
         self.smooth_landmarks = smooth_landmarks
-        self._tracker: ByteTracker | None = None
+        self._feeds: dict[int, _Feed] = {}
+        self._rates: list[float] = []
+        self._next_id = 1
         self._memory: dict[int, _Memory] = {}
         self._plausible: dict[int, list[int]] = {}  # track -> [plausible detections, detections]
         self._frontal: dict[int, float] = {}  # track -> its most frontal view's eye distance / box width
@@ -144,12 +161,25 @@ class Tracker(Transform):
         self.size_jumps = 0
 
     def open(self, ctx: RunContext) -> None:
-        s = self.settings
-        fps = float(ctx.source.frame_rate) if ctx.source and ctx.source.frame_rate else 30.0
-        self._tracker = ByteTracker(track_thresh=s.track_thresh, low_thresh=s.low_thresh,
-                                    new_track_thresh=s.new_track_thresh, match_thresh=s.match_thresh,
-                                    min_hits=s.min_hits, frame_rate=fps / self.every,
-                                    track_buffer=max(1, round(30 * s.buffer_s)))
+        feeds = [c.source for c in ctx.streams] or [ctx.source]
+        self._rates = [float(i.frame_rate) if i and i.frame_rate else 30.0 for i in feeds]
+
+    def _feed(self, stream: int) -> _Feed:
+        feed = self._feeds.get(stream)
+        if feed is None:
+            s = self.settings
+            fps = self._rates[stream] if stream < len(self._rates) else 30.0
+            feed = self._feeds[stream] = _Feed(ByteTracker(
+                track_thresh=s.track_thresh, low_thresh=s.low_thresh, new_track_thresh=s.new_track_thresh,
+                match_thresh=s.match_thresh, min_hits=s.min_hits, frame_rate=fps / self.every,
+                track_buffer=max(1, round(30 * s.buffer_s))))
+        return feed
+
+    def _name_new(self, feed: _Feed) -> None:
+        """Give run-wide ids to the feed's newly confirmed tracks (in the order of their own ids)."""
+        for local in sorted(feed.tracker.ids - feed.ids.keys()):
+            feed.ids[local] = self._next_id
+            self._next_id += 1
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         for frame in frames:
@@ -157,32 +187,36 @@ class Tracker(Transform):
         return frames
 
     def _track(self, frame: Frame) -> None:
-        tracker, s = self._tracker, self.settings
-        assert tracker is not None
+        s = self.settings
+        feed = self._feed(frame.stream)
+        tracker = feed.tracker
         before = tracker.ids
         if frame.detected:
             faces = frame.faces
             boxes = np.stack([f.box for f in faces]) if faces else np.zeros((0, 4), np.float32)
             scores = np.array([f.score for f in faces], np.float32)
-            ids = tracker.update(boxes, scores, snapshot=False).ids.tolist()
+            local = tracker.update(boxes, scores, snapshot=False).ids.tolist()
+            self._name_new(feed)
+            ids = [feed[t] if t >= 0 else -1 for t in local]
             kept = []
             for face, tid in zip(faces, ids):
                 face.track_id = tid if tid >= 0 else None
                 if tid >= 0 or face.score >= s.new_track_thresh:
                     kept.append(face)
             matched = {tid for tid in ids if tid >= 0}
-            coasting = [t for t in tracker.lost(s.coast_frames) if t.id not in matched] if s.coast_frames else []
+            coasting = [t for t in tracker.lost(s.coast_frames) if feed[t.id] not in matched] if s.coast_frames else []
             if coasting and kept and not s.coast_behind:
                 # A lost track whose predicted box lies on a face in view is hidden behind it: nothing
                 # of it is visible, and emitting it would paint it onto the face in front.
                 overlap = box_iou(np.stack([np.asarray(t.box, np.float32) for t in coasting]),
                                   np.stack([f.box for f in kept])).max(axis=1)
                 coasting = [t for t, o in zip(coasting, overlap) if o < 0.3]
-            frame.faces = kept + [self._predicted(t, missed=True) for t in coasting]
+            frame.faces = kept + [self._predicted(t, feed[t.id], missed=True) for t in coasting]
         else:
             result = tracker.predict(1)
-            frame.faces = [self._predicted(t, missed=False) for t in result.tracks if t.id in self._memory]
-        ended = before - tracker.ids
+            frame.faces = [self._predicted(t, feed[t.id], missed=False) for t in result.tracks
+                           if feed[t.id] in self._memory]
+        ended = {feed.ids.pop(t) for t in before - tracker.ids}
         if ended:
             frame.tracks_ended = frozenset(ended)
             for tid in ended:
@@ -246,9 +280,10 @@ class Tracker(Transform):
         self._frontal[face.track_id] = max(peak, frontal)  # type: ignore[index]
         return frontal < self.TURNING * peak
 
-    def _predicted(self, track: Track, *, missed: bool) -> Face:
+    def _predicted(self, track: Track, tid: int, *, missed: bool) -> Face:
+        """The face of ``track`` (run-wide id ``tid``) from the motion model."""
         self.predicted_faces += 1
-        mem = self._memory.get(track.id)
+        mem = self._memory.get(tid)
         box = np.asarray(track.box, np.float32)
         if mem is not None:
             # A face the detector does not see cannot grow: the motion model keeps its position,
@@ -261,11 +296,11 @@ class Tracker(Transform):
                 box = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32)
         kps = _move(mem.kps, mem.box, box) if mem else None
         landmarks = _move(mem.landmarks, mem.box, box) if mem else None
-        votes = self._plausible.get(track.id, [1, 1])
+        votes = self._plausible.get(tid, [1, 1])
         # A face the detector looked for and did not find, while it was turning away, has most
         # likely turned further: its old geometry would paint a frontal face over a profile.
         turned = missed and mem is not None and mem.turning
-        return Face(box=box, score=float(track.score), kps=kps, landmarks=landmarks, track_id=track.id, predicted=True,
+        return Face(box=box, score=float(track.score), kps=kps, landmarks=landmarks, track_id=tid, predicted=True,
                     plausible=2 * votes[0] >= votes[1], turned_away=turned)
 
     def report(self) -> dict[str, Any]:
