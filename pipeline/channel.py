@@ -6,7 +6,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from .errors import Cancelled
 
@@ -28,6 +28,12 @@ class Channel(Generic[T]):
     that has waited longer than that is dropped too, unless it is the newest, so that a consumer that
     falls behind takes the freshest frame rather than a batch of stale ones.
 
+    ``key`` (optional) names the stream an item belongs to, when items of several streams share the
+    channel (several feeds on one pipeline): an item is stale only once a newer one of its own
+    stream is queued, and a full ``latest`` channel drops the oldest item of the newcomer's stream
+    (the oldest of all when it has none queued), so that one stream's frames never push out all
+    of another's.
+
     ``close()`` marks the end of the stream: the consumer drains what is queued, then gets ``None``.
     ``cancel()`` tears down: every waiting or later ``put``/``get`` raises :class:`Cancelled`.
 
@@ -45,6 +51,7 @@ class Channel(Generic[T]):
         policy: Policy = "block",
         name: str = "",
         on_drop: Callable[[T], None] | None = None,
+        key: Callable[[T], Any] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -55,6 +62,7 @@ class Channel(Generic[T]):
         self.name = name
         self.drops = 0
         self._on_drop = on_drop
+        self._key = key
         self._items: deque[T] = deque()
         self._since: deque[float] = deque()  # when each item was put (monotonic)
         self._lock = threading.Lock()
@@ -76,8 +84,10 @@ class Channel(Generic[T]):
                 raise RuntimeError(f"put on closed channel {self.name!r}")
             if len(self._items) >= self.capacity:
                 if self.policy == "latest":
-                    dropped = self._items.popleft()
-                    self._since.popleft()
+                    at = self._oldest_of(item)
+                    dropped = self._items[at]
+                    del self._items[at]
+                    del self._since[at]
                     self.drops += 1
                 else:
                     while len(self._items) >= self.capacity and not self._cancelled:
@@ -114,11 +124,7 @@ class Channel(Generic[T]):
             if self._cancelled:
                 raise Cancelled(self.name)
             if max_age_s is not None:
-                too_old = time.monotonic() - max_age_s
-                while len(self._items) > 1 and self._since[0] < too_old:
-                    stale.append(self._items.popleft())
-                    self._since.popleft()
-                    self.drops += 1
+                stale = self._drop_stale(time.monotonic() - max_age_s)
             n = min(max_items, len(self._items))
             batch = [self._items.popleft() for _ in range(n)]
             for _ in range(n):
@@ -128,6 +134,34 @@ class Channel(Generic[T]):
             for item in stale:
                 self._on_drop(item)
         return batch
+
+    def _oldest_of(self, item: T) -> int:
+        """Where the oldest queued item of ``item``'s stream is (the oldest of all without one)."""
+        if self._key is not None:
+            key = self._key(item)
+            for at, queued in enumerate(self._items):
+                if self._key(queued) == key:
+                    return at
+        return 0
+
+    def _drop_stale(self, too_old: float) -> list[T]:
+        """Drop the items queued before ``too_old`` that have a newer one of their stream behind them."""
+        if not self._items or self._since[0] >= too_old:
+            return []
+        key = self._key or (lambda _: None)
+        newest = {key(item): at for at, item in enumerate(self._items)}
+        stale: list[T] = []
+        kept: deque[T] = deque()
+        since: deque[float] = deque()
+        for at, (item, t) in enumerate(zip(self._items, self._since)):
+            if t < too_old and newest[key(item)] != at:
+                stale.append(item)
+            else:
+                kept.append(item)
+                since.append(t)
+        self._items, self._since = kept, since
+        self.drops += len(stale)
+        return stale
 
     def close(self) -> None:
         """End of stream: the consumer drains the queue, then sees ``None``."""

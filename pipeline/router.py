@@ -27,6 +27,9 @@ class Router(Sink):
 
     def __init__(self, sinks: Sequence[Sink]) -> None:
         self.sinks = list(sinks)
+        # Up to a frame of every feed at once: under the ``latest`` flow a sink that falls behind
+        # then takes the newest frame of each feed, rather than serving some feeds and not others.
+        self.batch_size = max(1, len(self.sinks))
         self._opened: list[Sink] = []
 
     def open(self, ctx: RunContext) -> None:

@@ -109,6 +109,10 @@ class _FeedFigures:
                 "frames_dropped": self.frames_dropped, "latency_ms": self.latency.summary_ms()}
 
 
+def _stream_of(frame: Frame) -> int:
+    return frame.stream
+
+
 def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion on a new event loop: uvloop where installed, asyncio's otherwise."""
     try:
@@ -177,6 +181,7 @@ class Pipeline:
                 policy=policy,
                 name=f"{cur.name}->{nxt.name}",
                 on_drop=self._count_drop,
+                key=_stream_of,
             )
             for cur, nxt in zip(self.stages, self.stages[1:])
         ]
@@ -281,6 +286,9 @@ class Pipeline:
             await self._in_thread(self._open_all)
         except PipelineError as exc:
             return RunReport("error", exc, None, {"status": "error", "error": str(exc)})
+        for ch in self.channels:
+            # Room for a frame of every feed, so that under ``latest`` none pushes out the others.
+            ch.capacity = max(ch.capacity, len(self.ctx.streams))
         if self.ctx.device.type == "cuda":
             self._gpu = GpuSampler(self.ctx.device.index or 0)
         self._t0 = time.monotonic()
