@@ -186,13 +186,18 @@ def build_stages(settings: Settings, *, source: str | Sequence[str], output: str
     Several sources are several feeds on one pipeline: each has its own decoder (under a
     :class:`Muxer`) and its own output (``output`` in the same order, under a :class:`Router`), and
     every model batches frames of all of them."""
-    i, o = settings.input, settings.output
     sources = _listed(source)
     feeds = len(sources) > 1
     if feeds:
         _check_pairs(sources, _listed(output))
         if preview is not None:
             raise ConfigError("the preview shows one feed: run it with one input")
+        # Batches hold a frame of every feed (as DeepStream's muxer batches one per source): under
+        # the latest flow a stage that falls behind then serves every feed, not the first few.
+        flow = settings.flow
+        settings = dataclasses.replace(settings, flow=dataclasses.replace(flow, batch_size=max(flow.batch_size,
+                                                                                               len(sources))))
+    i, o = settings.input, settings.output
     decoder_settings = dataclasses.replace(i, audio=i.audio and o.audio != "none")
     decoders = [Decoder(decoder_settings, source=s) for s in sources]
     first: Stage = decoders[0]

@@ -128,6 +128,7 @@ class Demuxer:
         audio_done = [False] * len(self.audio)
         video_done = False
         t_wall0 = time.monotonic()
+        paced = 0
         for packet in self.container.demux(vs, *self.audio):
             if self.should_stop() and not video_done:
                 if self.live or not self.audio or not produced:
@@ -173,7 +174,13 @@ class Demuxer:
                         continue
                     rel = file_clock.place(t)
                     if self.realtime:
-                        delay = t_wall0 + rel - time.monotonic()
+                        now = time.monotonic()
+                        if paced == 1:
+                            # A first frame read ahead at open (to learn the stream) does not start the
+                            # clock: the rest follow at the file's pace from when the next is asked for.
+                            t_wall0 = max(t_wall0, now - self.last_time)
+                        paced += 1
+                        delay = t_wall0 + rel - now
                         if delay > 0:
                             self.wait(delay)
                 if limit is not None and rel >= limit - 1e-6:
