@@ -128,6 +128,7 @@ class Decoder(Source):
         self._frames: Iterator[Frame] | None = None
         self._peeked: Frame | None = None
         self._live = False
+        self._feed_live = False
         self._index = 0
         self._corrupt_earlier = 0
         self._t_first: float | None = None
@@ -141,6 +142,9 @@ class Decoder(Source):
         self._ctx = ctx
         self._spec = resolve_input(self.source)
         live = self._spec.live if s.live is None else s.live
+        # A live feed reconnects and is read with low-latency options; ``realtime`` only paces a
+        # recorded input (a file, a video over HTTP) as if it were arriving live.
+        self._feed_live = live
         self._live = live or s.realtime
         self._upload = HostToDevice(ctx.device)
         if self._spec.kind in ("image", "images"):
@@ -204,7 +208,7 @@ class Decoder(Source):
         options: dict[str, str] = {}
         if spec.kind == "stream" and spec.target.lower().startswith("rtsp"):
             options["rtsp_transport"] = "tcp"
-        if self._live and spec.kind in ("stream", "webcam"):
+        if self._feed_live and spec.kind in ("stream", "webcam"):
             options.update({"fflags": "nobuffer", "flags": "low_delay"})
         if spec.kind == "webcam":
             if s.webcam_size:
@@ -304,7 +308,7 @@ class Decoder(Source):
 
     @property
     def _live_stream(self) -> bool:
-        return self._live and self._spec is not None and self._spec.kind != "file"
+        return self._feed_live and self._spec is not None and self._spec.kind != "file"
 
     # ------------------------------------------------------------------ reading
 

@@ -118,6 +118,44 @@ def test_reads_hls_over_http(tmp_path):
     assert p.beep_times == pytest.approx([1.0], abs=0.03)
 
 
+def test_a_video_file_over_http_paced_live_is_read_whole(tmp_path):
+    """An MP4 served over HTTP under the live preset is paced in real time, not treated as a live
+    feed: before, it was read with the live feeds' options, failed at once, and reconnected forever."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.conftest import free_port
+
+    import av
+
+    make_clip(tmp_path / "made.mp4", seconds=2, fps=25, audio="aac")
+    # As a web server would serve it: the index first (this test server does no range requests).
+    with av.open(str(tmp_path / "made.mp4")) as inp, av.open(str(tmp_path / "clip.mp4"), "w",
+                                                           options={"movflags": "faststart"}) as outp:
+        streams = {st.index: outp.add_stream_from_template(st) for st in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                outp.mux(packet)
+    port = free_port()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+        proc = subprocess.run([sys.executable, "-m", "facestream", "run", f"http://127.0.0.1:{port}/clip.mp4",
+                               "-o", str(out), "--preset", "live", "-q", "--stats", str(stats)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert "reconnect" not in proc.stderr and "paces it in real time" in proc.stderr
+    data = json.loads(stats.read_text())
+    assert data["frames_out"] == probe(out).frames == 50 and data["frames_dropped"] == 0
+    assert data["wall_s"] >= 1.5, "paced in real time"
+
+
 def test_reads_an_mpegts_stream_over_udp(tmp_path):
     """A live MPEG-TS stream sent over UDP in real time: read as live, latest-frame policy."""
     import threading
