@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -211,3 +212,13 @@ def audio_packets(path: str | Path) -> dict[int, list[tuple[int, bytes]]]:
             if p.size:
                 out.setdefault(p.stream.index, []).append((p.pts, bytes(p)))
         return out
+
+
+def remux(src: str | Path, dst: str | Path, **kwargs: Any) -> None:
+    """Copy every stream's packets into another container (``kwargs``: PyAV's ``format``, ``options``)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", **kwargs) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)

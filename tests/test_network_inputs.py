@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.media import make_clip, probe
+from tests.media import make_clip, probe, remux
 
 LIVE = (
     "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 "
@@ -93,13 +93,8 @@ def test_reads_hls_over_http(tmp_path):
     src = make_clip(tmp_path / "src.mp4", seconds=3, fps=25, markers=(1.0,))
     hls = tmp_path / "hls"
     hls.mkdir()
-    with av.open(str(src)) as inp, av.open(str(hls / "index.m3u8"), "w", format="hls",
-                                           options={"hls_time": "1", "hls_list_size": "0", "hls_playlist_type": "vod"}) as out:
-        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
-        for p in inp.demux():
-            if p.dts is not None:
-                p.stream = streams[p.stream.index]
-                out.mux(p)
+    remux(src, hls / "index.m3u8", format="hls",
+          options={"hls_time": "1", "hls_list_size": "0", "hls_playlist_type": "vod"})
     assert len(list(hls.glob("*.ts"))) >= 2
     port = free_port()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(hls))
@@ -127,17 +122,9 @@ def test_a_video_file_over_http_paced_live_is_read_whole(tmp_path):
 
     from tests.conftest import free_port
 
-    import av
-
     make_clip(tmp_path / "made.mp4", seconds=2, fps=25, audio="aac")
     # As a web server would serve it: the index first (this test server does no range requests).
-    with av.open(str(tmp_path / "made.mp4")) as inp, av.open(str(tmp_path / "clip.mp4"), "w",
-                                                           options={"movflags": "faststart"}) as outp:
-        streams = {st.index: outp.add_stream_from_template(st) for st in inp.streams}
-        for packet in inp.demux():
-            if packet.dts is not None:
-                packet.stream = streams[packet.stream.index]
-                outp.mux(packet)
+    remux(tmp_path / "made.mp4", tmp_path / "clip.mp4", options={"movflags": "faststart"})
     port = free_port()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
