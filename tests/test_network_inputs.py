@@ -86,8 +86,6 @@ def test_reads_hls_over_http(tmp_path):
     import http.server
     import threading
 
-    import av
-
     from tests.conftest import free_port
 
     src = make_clip(tmp_path / "src.mp4", seconds=3, fps=25, markers=(1.0,))
