@@ -16,8 +16,14 @@ The first seconds of each run (model loading, the first keyframe) are left out o
 A loop slower than the feed falls further behind the longer it runs: its figures grow with
 ``--seconds``; the live preset's stay put and it drops (and counts) the frames it cannot take.
 
-(b) Several feeds at once (1, 2, 4, 8) needs multi-feed batching, not built yet: ``--feeds N`` with
-N > 1 says so. :func:`multi_feed` is where it goes.
+(b) Several feeds at once: ``--feeds 1,2,4,8``. N copies of the demo scene (640x360, 25 fps, 2 s,
+about 5 faces a frame), anonymised with the builtin models, as fast as they go (lossless flow):
+``facestream run F1 ... FN -o O1 ... -o ON --preset anonymize`` (one pipeline: every model batches
+frames of all N feeds) against N ``facestream run Fk -o Ok --preset anonymize`` processes started
+together (each with its own models and threads). Figures: frames of all feeds per second, over the
+processing (the pipeline's own time; for the processes, all their frames over the longest of their
+pipelines, which ran side by side) and over the whole commands (start-up and model loading included), and peak
+memory (the one process's; the processes' summed).
 """
 
 from __future__ import annotations
@@ -179,10 +185,50 @@ def one_run(kind: str, mode: str, url: str, seconds: float, skip_s: float, sourc
     return result
 
 
-def multi_feed(feeds: int) -> None:
-    """Part (b): latency and throughput with 1, 2, 4 and 8 feeds at once. It needs the runtime to
-    batch frames of several feeds together (one model call for all of them), which is not built yet."""
-    raise SystemExit(f"--feeds {feeds}: several feeds at once need multi-feed batching, which is not built yet")
+def _run_all(commands: list[list[str]]) -> float:
+    """Start the commands together; the wall-clock time until the last one ends."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for c in commands]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"facestream failed ({proc.returncode}):\n{err[-3000:]}")
+    return time.perf_counter() - t
+
+
+def multi_feed(counts: list[int]) -> None:
+    """Part (b): frames per second with N feeds on one pipeline against N separate processes."""
+    from facestream.scenes import demo_scene
+
+    clip = cached("live-multi-640x360.mp4", lambda p: demo_scene(p, size=SIZE, fps=FPS, seconds=2.0))
+    run = [sys.executable, "-m", "facestream", "run"]
+    opts = ["--preset", "anonymize", "-q", "-y"]
+    print(f"# {machine()}; N copies of the demo scene ({SIZE[0]}x{SIZE[1]}, {FPS} fps, 2 s), anonymize, "
+          "builtin models, as fast as they go", flush=True)
+    rows = [("feeds", "configuration", "fps (processing)", "fps (whole command)", "peak memory MB")]
+    for n in counts:
+        with tempfile.TemporaryDirectory() as d:
+            outs = [f"{d}/one{k}.mp4" for k in range(n)]
+            stats = f"{d}/one.json"
+            wall = _run_all([[*run, *[str(clip)] * n, *[x for o in outs for x in ("-o", o)], *opts, "--stats", stats]])
+            one = json.loads(Path(stats).read_text())
+            frames = one["frames_out"]
+            rows.append((str(n), "one pipeline", f"{frames / one['wall_s']:.1f}", f"{frames / wall:.1f}",
+                         f"{one['peak_rss_mb']:.0f}"))
+            print(f"{n} feeds, one pipeline: {frames} frames, {one['wall_s']:.1f} s, {wall:.1f} s in all", flush=True)
+            if n == 1:
+                continue
+            wall = _run_all([[*run, str(clip), "-o", f"{d}/sep{k}.mp4", *opts, "--stats", f"{d}/sep{k}.json"]
+                             for k in range(n)])
+            reports = [json.loads(Path(f"{d}/sep{k}.json").read_text()) for k in range(n)]
+            frames = sum(r["frames_out"] for r in reports)
+            longest = max(r["wall_s"] for r in reports)
+            rows.append((str(n), "separate processes", f"{frames / longest:.1f}", f"{frames / wall:.1f}",
+                         f"{sum(r['peak_rss_mb'] for r in reports):.0f}"))
+            print(f"{n} feeds, {n} processes: {frames} frames, longest pipeline {longest:.1f} s, {wall:.1f} s in all",
+                  flush=True)
+    print(table(rows))
 
 
 def main() -> None:
@@ -190,10 +236,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="how long each configuration runs")
     parser.add_argument("--skip", type=float, default=4.0, help="seconds of output left out at the start")
     parser.add_argument("--modes", default="anonymize,swap")
-    parser.add_argument("--feeds", type=int, default=1, help="several feeds at once (part b; not built yet)")
+    parser.add_argument("--feeds", help="part (b) instead: feed counts to measure, e.g. 1,2,4,8")
     args = parser.parse_args()
-    if args.feeds != 1:
-        multi_feed(args.feeds)
+    if args.feeds:
+        multi_feed([int(n) for n in args.feeds.split(",")])
+        return
     from facestream.scenes import photo_path
     from tests.conftest import free_port
 

@@ -248,7 +248,7 @@ def test_the_input_may_stand_anywhere_among_the_options():
 
     args = build_parser().parse_args(["run", "--preset", "swap", "--source", "a.png", "clip.mp4", "-o", "out.mp4",
                                       "--source", "b.png", "--map", "t.png=s.png"])
-    assert args.input == "clip.mp4" and args.source == ["a.png", "b.png"] and args.map == ["t.png=s.png"]
+    assert args.input == ["clip.mp4"] and args.source == ["a.png", "b.png"] and args.map == ["t.png=s.png"]
 
 
 def _start_run(src, out, *extra):
