@@ -334,7 +334,7 @@ def test_faces_beyond_one_forward_are_swapped_in_chunks_with_the_same_result(pac
     whole.set_sources({"s": np.ones(512, np.float32)})
     chunked = InSwapper(pack / "inswapper_128.onnx", EngineOptions(engine="onnxruntime"))
     chunked.set_sources({"s": np.ones(512, np.float32)})
-    whole.FORWARD_FACES, chunked.FORWARD_FACES = 100, 4
+    whole.FORWARD_FACES_CPU, chunked.FORWARD_FACES_CPU = 100, 4
     a = whole.generate([image], [0] * len(faces), faces)
     b = chunked.generate([image], [0] * len(faces), faces)
     assert len(a) == len(b) == 18

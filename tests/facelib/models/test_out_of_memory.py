@@ -62,13 +62,13 @@ def test_swapper_caps_faces_per_forward_and_halves_on_out_of_memory(pack):
     whole.set_sources(source)
     whole.engine = capped = TightMemory(whole.engine, fits=100)
     expected = whole.generate([image], [0] * 11, faces)
-    assert capped.sizes == [8, 3] and whole.split.retries == 0  # FORWARD_FACES
+    assert capped.sizes == [4, 4, 3] and whole.split.retries == 0  # FORWARD_FACES_CPU
 
     swapper = InSwapper(pack / "inswapper_128.onnx", EngineOptions())
     swapper.set_sources(source)
     swapper.engine = tight = TightMemory(swapper.engine, fits=2)
     got = swapper.generate([image], [0] * 11, faces)
-    assert swapper.split.retries == 2 and tight.sizes == [2] * 5 + [1]
+    assert swapper.split.retries == 1 and tight.sizes == [2] * 5 + [1]  # 4 -> 2
     for g, e in zip(got, expected):
         assert torch.equal(g.crop, e.crop)
 
