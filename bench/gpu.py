@@ -210,7 +210,9 @@ def facestream_settings(pack: Path, swapper: Path, source: Path, *, device: str,
     return load_settings(preset="swap", overrides=[
         f"device={device}", "models.pack=insightface", f"models.dir={pack}", f"models.swapper={swapper}",
         f"models.engine={engine}", f"swap.source=[{source}]", "detector.max_faces=1", f"output.preset={preset}",
-        f"output.crf={crf}", "stats.progress=none", *extra])
+        f"output.crf={crf}", "stats.progress=none",
+        # NVML is sampled at this interval: a run of a few seconds needs more than one sample.
+        "stats.interval_s=0.2", *extra])
 
 
 def run_facestream(clip: Path, settings: Any, out: Path) -> dict[str, Any]:
