@@ -181,7 +181,8 @@ def build_stages(settings: Settings, *, source: str | Sequence[str], output: str
                  write_from_s: float = 0.0, preview: Sink | None = None) -> list[Stage]:
     """Decoder, the mode's processing stages, encoder. The output is claimed first, so that a second
     run on it fails before any model loads. ``write_from_s``: see :class:`Encoder`. ``preview``: one
-    more output beside the encoders (a :class:`~facestream.stages.preview.Preview`).
+    more output beside the encoders (a :class:`~facestream.stages.preview.Preview`; with several
+    feeds it gets the frames of all of them).
 
     Several sources are several feeds on one pipeline: each has its own decoder (under a
     :class:`Muxer`) and its own output (``output`` in the same order, under a :class:`Router`), and
@@ -190,8 +191,6 @@ def build_stages(settings: Settings, *, source: str | Sequence[str], output: str
     feeds = len(sources) > 1
     if feeds:
         _check_pairs(sources, _listed(output))
-        if preview is not None:
-            raise ConfigError("the preview shows one feed: run it with one input")
         # Batches hold a frame of every feed (as DeepStream's muxer batches one per source): under
         # the latest flow a stage that falls behind then serves every feed, not the first few.
         flow = settings.flow
@@ -224,7 +223,13 @@ def build_stages(settings: Settings, *, source: str | Sequence[str], output: str
     for encoder in encoders:
         encoder.metadata = metadata
     if feeds:
-        return [first, *middle, Router(encoders)]
+        router = Router(encoders)
+        if preview is None:
+            return [first, *middle, router]
+        # The preview beside the outputs: it sees every feed's frames and keeps each feed's newest.
+        both = Tee([router, preview], copy_side=SidePacket.copy)
+        both.batch_size = router.batch_size
+        return [first, *middle, both]
     sinks: list[Sink] = [*encoders, *([preview] if preview is not None else [])]
     if len(sinks) == 1:
         return [first, *middle, sinks[0]]
@@ -292,6 +297,13 @@ def is_live_input(source: str | Sequence[str], settings: Settings) -> bool:
         return False
 
 
+def leaf_sinks(sink: Stage) -> list[Stage]:
+    """The sinks a pipeline's last stage writes to, through :class:`Tee` and :class:`Router`."""
+    if isinstance(sink, (Tee, Router)):
+        return [leaf for s in sink.sinks for leaf in leaf_sinks(s)]
+    return [sink]
+
+
 @dataclass
 class Job:
     """One assembled run: its pipeline, and where its report goes.
@@ -312,8 +324,7 @@ class Job:
         try:
             report = await self.pipeline.arun()
         finally:
-            sink = self.pipeline.stages[-1]
-            for encoder in sink.sinks if isinstance(sink, (Tee, Router)) else [sink]:
+            for encoder in leaf_sinks(self.pipeline.stages[-1]):
                 if isinstance(encoder, Encoder):
                     encoder.release()  # also when a stage failed to start and the encoder never opened
         report.stats.update(
@@ -359,7 +370,7 @@ def prepare_job(
     warming up on the previous one's tail).
 
     ``preview``: a :class:`~facestream.stages.preview.Preview` sink fed beside the outputs (it keeps
-    the newest frame for live viewers and never slows the run); serve it with
+    the newest frame of each feed for live viewers and never slows the run); serve it with
     :func:`facestream.preview.create_app`.
 
     Raises:

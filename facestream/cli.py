@@ -200,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if preview_sock is not None:
         from facestream.stages.preview import Preview
 
-        preview = Preview()
+        preview = Preview(feeds=len(args.input))
     try:
         source = args.input[0] if len(args.input) == 1 else args.input
         job = prepare_job(settings, source=source, output=args.output[0] if len(args.output) == 1 else args.output,
@@ -262,7 +262,8 @@ def _start_preview(job: Job, preview: Any, sock: Any) -> Any:
 
     from .preview import PreviewServer, create_app
 
-    app = create_app(preview, job.pipeline.snapshot, title=f"facestream: {redact_url(job.source)}")
+    shown = redact_url(job.source) if isinstance(job.source, str) else ", ".join(redact_url(s) for s in job.source)
+    app = create_app(preview, job.pipeline.snapshot, title=f"facestream: {shown}")
     server = PreviewServer(app, sock, preview)
     try:
         server.start()

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -67,13 +68,17 @@ def create_app(
     prefix):
 
     - ``GET /``: the page: the video (WebRTC in a ``<video>``, else MJPEG in an ``<img>``; ``?mode=mjpeg``
-      or ``?mode=webrtc`` forces one), the per-stage figures, drops and latency, updated live.
+      or ``?mode=webrtc`` forces one), the per-stage figures, drops and latency, updated live; with
+      several feeds, a link to each and their own figures.
+    - Every video route takes ``?feed=N``: the feed to show (default 0, the first input); a feed the
+      run does not have is a ``404``, one that is not a number a ``400``.
     - ``GET /stream.mjpg``: ``multipart/x-mixed-replace`` JPEG parts, always the newest frame: a slow
       reader skips frames, each part being the newest when the previous one left (served by
-      :class:`PreviewServer`, whose connections keep no queue of their own); each part carries
+      :class:`PreviewServer`, whose connections keep no queue of their own); each part carries ``X-Feed``,
       ``X-Frame-Index`` and ``X-Captured-At``. The stream ends when the run does.
     - ``GET /frame.jpg``: the newest frame (``503`` before the first).
-    - ``GET /figures.json``: ``{"run": figures(), "preview": preview.figures(), ...}``.
+    - ``GET /figures.json``: ``{"run": figures(), "preview": preview.figures(), "feeds": N, ...}``
+      (a run of several feeds has its per-feed figures in ``run["streams"]``).
     - ``GET /events``: the same as Server-Sent Events every 0.5 s; a last ``end`` event when the run ends.
     - ``POST /offer``: WebRTC signalling: ``{"sdp", "type": "offer"}`` in, the answer out (host
       candidates only, no STUN/TURN; ``404`` where WebRTC is off).
@@ -99,10 +104,21 @@ def create_app(
             run = figures()
         except Exception as exc:  # noqa: BLE001 - a figure that cannot be read now is not fatal
             run = {"status": "unavailable", "error": f"{type(exc).__name__}: {exc}"}
-        return {"run": run, "preview": preview.figures(), "finished": preview.finished, "webrtc": webrtc,
-                "time": time.time()}
+        return {"run": run, "preview": preview.figures(), "feeds": preview.feeds, "finished": preview.finished,
+                "webrtc": webrtc, "time": time.time()}
+
+    def chosen_feed(request: Request) -> int:
+        text = request.query_params.get("feed", "0")
+        if not re.fullmatch(r"\d{1,6}", text.strip()):
+            raise _BadFeed(400, f"feed must be a number from 0 to {preview.feeds - 1}, got {text[:40]!r}")
+        feed = int(text)
+        if feed >= preview.feeds:
+            raise _BadFeed(404, f"no feed {feed}: this run has {preview.feeds} feed"
+                                f"{'s' if preview.feeds > 1 else ''} (0 to {preview.feeds - 1})")
+        return feed
 
     async def index(request: Request) -> Response:
+        chosen_feed(request)
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     async def figures_json(request: Request) -> Response:
@@ -126,7 +142,7 @@ def create_app(
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def frame_jpg(request: Request) -> Response:
-        frame = preview.latest()
+        frame = preview.latest(chosen_feed(request))
         if frame is None:
             return PlainTextResponse("no frame yet", status_code=503, headers={"Retry-After": "1"})
         data = await asyncio.to_thread(preview.jpeg, frame)
@@ -134,13 +150,15 @@ def create_app(
         return Response(data, media_type="image/jpeg", headers={**_frame_headers(frame), "Cache-Control": "no-store"})
 
     async def mjpeg(request: Request) -> Response:
-        return StreamingResponse(_mjpeg_parts(preview), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+        feed = chosen_feed(request)
+        return StreamingResponse(_mjpeg_parts(preview, feed), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def offer(request: Request) -> Response:
         if not webrtc:
             return PlainTextResponse("WebRTC is not available here (pip install 'facestream[preview]'); "
                                      "use stream.mjpg", status_code=404)
+        feed = chosen_feed(request)
         try:
             body = await request.json()
         except ValueError:
@@ -150,7 +168,7 @@ def create_app(
         if preview.finished:
             return PlainTextResponse("the run has ended", status_code=410)
         try:
-            answer = await _answer(preview, body["sdp"], peers)
+            answer = await _answer(preview, body["sdp"], peers, feed)
         except _BadOffer as exc:
             return PlainTextResponse(f"bad offer: {exc}", status_code=400)
         return _json(answer)
@@ -164,7 +182,12 @@ def create_app(
         yield
         await close_peers()
 
+    async def bad_feed(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _BadFeed)
+        return PlainTextResponse(exc.detail, status_code=exc.status)
+
     app = Starlette(
+        exception_handlers={_BadFeed: bad_feed},
         routes=[
             Route("/", index),
             Route("/figures.json", figures_json),
@@ -183,10 +206,18 @@ def create_app(
 # ---------------------------------------------------------------------- frames for viewers
 
 
-async def next_frame(preview: Preview, after_seq: int) -> PreviewFrame | None:
-    """Wait for a frame newer than ``after_seq``: the newest one; ``None`` once the run has ended."""
+class _BadFeed(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+async def next_frame(preview: Preview, after_seq: int, feed: int = 0) -> PreviewFrame | None:
+    """Wait for a frame of ``feed`` newer than ``after_seq``: the newest one; ``None`` once the run
+    has ended."""
     while True:
-        frame = preview.latest()
+        frame = preview.latest(feed)
         if frame is not None and frame.seq > after_seq:
             return frame
         if preview.finished:
@@ -195,11 +226,11 @@ async def next_frame(preview: Preview, after_seq: int) -> PreviewFrame | None:
 
 
 def _frame_headers(frame: PreviewFrame) -> dict[str, str]:
-    return {"X-Frame-Index": str(frame.index), "X-Frame-Seq": str(frame.seq),
+    return {"X-Feed": str(frame.feed), "X-Frame-Index": str(frame.index), "X-Frame-Seq": str(frame.seq),
             "X-Captured-At": f"{frame.captured_at:.6f}"}
 
 
-async def _mjpeg_parts(preview: Preview) -> AsyncIterator[bytes]:
+async def _mjpeg_parts(preview: Preview, feed: int = 0) -> AsyncIterator[bytes]:
     """One viewer's MJPEG stream. Each frame is chosen only once the previous part has left (the
     empty chunk waits for the connection to drain), so a slow reader gets the newest frame, not a
     queue of old ones; at most ``max_fps`` parts a second."""
@@ -211,7 +242,7 @@ async def _mjpeg_parts(preview: Preview) -> AsyncIterator[bytes]:
         yield f"--{BOUNDARY}\r\n".encode()
         while True:
             yield b""  # returns once what was sent before has been handed to the connection
-            frame = await next_frame(preview, last)
+            frame = await next_frame(preview, last, feed)
             if frame is None:
                 return
             started = loop.time()
@@ -235,13 +266,13 @@ class _BadOffer(Exception):
     pass
 
 
-async def _answer(preview: Preview, sdp: str, peers: set[Any]) -> dict[str, str]:
+async def _answer(preview: Preview, sdp: str, peers: set[Any], feed: int = 0) -> dict[str, str]:
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     # No ICE servers: host candidates only (aiortc would otherwise ask Google's STUN server).
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     peers.add(pc)
-    track = _newest_frame_track(preview)
+    track = _newest_frame_track(preview, feed)
 
     async def close() -> None:
         peers.discard(pc)
@@ -271,7 +302,7 @@ async def _answer(preview: Preview, sdp: str, peers: set[Any]) -> dict[str, str]
     return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 
 
-def _newest_frame_track(preview: Preview) -> Any:
+def _newest_frame_track(preview: Preview, feed: int = 0) -> Any:
     import av
     from aiortc import MediaStreamTrack
     from aiortc.mediastreams import MediaStreamError
@@ -297,7 +328,7 @@ def _newest_frame_track(preview: Preview) -> Any:
             wait = self.next_at - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            frame = await next_frame(preview, self.last)
+            frame = await next_frame(preview, self.last, feed)
             if frame is None or self.readyState != "live":
                 self.stop()
                 raise MediaStreamError

@@ -1,4 +1,4 @@
-"""The preview sink: keeps the newest processed frame for live viewers (a browser preview)."""
+"""The preview sink: keeps the newest processed frame of each feed for live viewers (a browser preview)."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ class PreviewFrame:
     """The newest frame as the preview keeps it.
 
     Attributes:
-        seq: How many frames the preview had received when this one arrived (1 for the first);
-            a viewer that last sent the frame of ``seq`` ``s`` and now sends this one skipped
-            ``seq - s - 1`` frames.
+        seq: How many frames of its feed the preview had received when this one arrived (1 for
+            the first); a viewer that last sent the frame of ``seq`` ``s`` and now sends this one
+            skipped ``seq - s - 1`` frames.
         index: The frame's position in the source.
         time: Its presentation time in seconds.
         captured_at: When it was decoded or captured (``time.time()``).
         image: The picture, ``(H, W, 3)`` uint8 RGB, where the run left it (CPU or GPU).
+        feed: The feed it came from (``Frame.stream``: 0 for a run with one input).
     """
 
     seq: int
@@ -36,10 +37,11 @@ class PreviewFrame:
     time: float
     captured_at: float
     image: torch.Tensor
+    feed: int = 0
 
 
 class Preview(Sink):
-    """Keeps only the newest frame of each batch for viewers; never makes the pipeline wait.
+    """Keeps only the newest frame of each feed for viewers; never makes the pipeline wait.
 
     ``write`` stores a reference to the newest frame and returns: no copy, no encoding. Viewers
     (the web preview, any thread) ask for :meth:`latest` and turn it into JPEG (:meth:`jpeg`) or RGB
@@ -47,9 +49,13 @@ class Preview(Sink):
     frames; it never builds a backlog. Viewers report what they sent (:meth:`sent`) for the
     capture-to-viewer latency and the frames they skipped.
 
+    With several feeds (inputs muxed into one pipeline) it keeps the newest frame of each, by
+    ``frame.stream``; viewers choose one (``latest(feed)``).
+
     Args:
         quality: JPEG quality (1-100).
         max_fps: Most frames a second sent to one viewer.
+        feeds: How many feeds the run has (opening it in a muxed run sets it from the run's feeds).
 
     Example:
         >>> from fractions import Fraction
@@ -64,25 +70,33 @@ class Preview(Sink):
         True
         >>> p.sent(newest, skipped=0); p.figures()["sent"]
         1
+        >>> two = Preview(feeds=2)
+        >>> two.write([Frame(index=5, pts=5, time_base=Fraction(1, 25), captured_at=0.0, image=image, stream=1)])
+        >>> two.latest(0) is None, two.latest(1).index
+        (True, 5)
     """
 
     name = "preview"
 
-    def __init__(self, *, quality: int = 80, max_fps: float = 30.0) -> None:
+    def __init__(self, *, quality: int = 80, max_fps: float = 30.0, feeds: int = 1) -> None:
         if not 1 <= quality <= 100:
             raise ValueError(f"quality must be in 1-100, got {quality}")
         if max_fps <= 0:
             raise ValueError(f"max_fps must be > 0, got {max_fps}")
+        if feeds < 1:
+            raise ValueError(f"feeds must be at least 1, got {feeds}")
         self.quality = quality
         self.max_fps = max_fps
+        self.feeds = feeds
         self._lock = threading.Lock()
-        self._latest: PreviewFrame | None = None
+        self._latest: dict[int, PreviewFrame] = {}
+        self._seqs: dict[int, int] = {}
         self._seq = 0
         self._finished = threading.Event()
-        # One conversion at a time, cached for the newest frame: many viewers, one encode.
+        # One conversion at a time, cached for each feed's newest frame: many viewers, one encode.
         self._encode_lock = threading.Lock()
-        self._jpeg: tuple[int, bytes] | None = None
-        self._rgb: tuple[int, np.ndarray] | None = None
+        self._jpeg: dict[int, tuple[int, bytes]] = {}
+        self._rgb: dict[int, tuple[int, np.ndarray]] = {}
         self._viewers = 0
         self._viewers_max = 0
         self._sent = 0
@@ -93,15 +107,23 @@ class Preview(Sink):
     # ------------------------------------------------------------------ the pipeline's side
 
     def open(self, ctx: RunContext) -> None:
+        if ctx.streams:
+            self.feeds = len(ctx.streams)
         self._finished.clear()
 
     def write(self, frames: list[Frame]) -> None:
         if not frames:
             return
-        f = frames[-1]
+        newest: dict[int, Frame] = {}
+        counts: dict[int, int] = {}
+        for f in frames:
+            newest[f.stream] = f
+            counts[f.stream] = counts.get(f.stream, 0) + 1
         with self._lock:
             self._seq += len(frames)
-            self._latest = PreviewFrame(self._seq, f.index, f.time, f.captured_at, f.image)
+            for feed, f in newest.items():
+                seq = self._seqs[feed] = self._seqs.get(feed, 0) + counts[feed]
+                self._latest[feed] = PreviewFrame(seq, f.stream_index, f.time, f.captured_at, f.image, feed)
 
     def close(self) -> None:
         self.finish()
@@ -121,34 +143,36 @@ class Preview(Sink):
 
     @property
     def seq(self) -> int:
-        """The newest frame's ``seq`` (0 before the first)."""
+        """How many frames it has received, all feeds together (0 before the first)."""
         return self._seq
 
-    def latest(self) -> PreviewFrame | None:
-        """The newest frame, or ``None`` before the first."""
-        return self._latest
+    def latest(self, feed: int = 0) -> PreviewFrame | None:
+        """The newest frame of ``feed``, or ``None`` before its first."""
+        return self._latest.get(feed)
 
     def rgb(self, frame: PreviewFrame) -> np.ndarray:
         """The frame as an ``(H, W, 3)`` uint8 RGB host array (blocking: call it off the event loop)."""
         with self._encode_lock:
-            if self._rgb is not None and self._rgb[0] == frame.seq:
-                return self._rgb[1]
+            cached = self._rgb.get(frame.feed)
+            if cached is not None and cached[0] == frame.seq:
+                return cached[1]
             array = np.ascontiguousarray(to_host(frame.image))
-            self._rgb = (frame.seq, array)
+            self._rgb[frame.feed] = (frame.seq, array)
             return array
 
     def jpeg(self, frame: PreviewFrame) -> bytes:
         """The frame as JPEG (blocking: call it off the event loop)."""
         array = self.rgb(frame)
         with self._encode_lock:
-            if self._jpeg is not None and self._jpeg[0] == frame.seq:
-                return self._jpeg[1]
+            cached = self._jpeg.get(frame.feed)
+            if cached is not None and cached[0] == frame.seq:
+                return cached[1]
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(array, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             if not ok:  # pragma: no cover - OpenCV encodes any uint8 BGR picture
                 raise RuntimeError("JPEG encoding failed")
             data = buf.tobytes()
-            self._jpeg = (frame.seq, data)
+            self._jpeg[frame.feed] = (frame.seq, data)
             self._encoded += 1
             return data
 
@@ -170,14 +194,18 @@ class Preview(Sink):
             self._latency.append(delay)
 
     def figures(self) -> dict[str, Any]:
-        """What the viewers got: frames received from the run, sent to viewers, skipped by slow
-        viewers, and the capture-to-viewer delay over the most recent frames sent (ms)."""
+        """What the viewers got: frames received from the run (all feeds, and per feed), sent to
+        viewers, skipped by slow viewers, and the capture-to-viewer delay over the most recent
+        frames sent (ms)."""
         with self._lock:
             recent = np.array(self._latency) * 1e3 if self._latency else None
-            latest = self._latest
+            latest = self._latest.get(0)
             out: dict[str, Any] = {
                 "frames": self._seq,
                 "newest_index": latest.index if latest else None,
+                "feeds": [{"feed": k, "frames": self._seqs.get(k, 0),
+                           "newest_index": self._latest[k].index if k in self._latest else None}
+                          for k in range(max(self.feeds, *(k + 1 for k in self._latest), 1))],
                 "viewers": self._viewers,
                 "viewers_max": self._viewers_max,
                 "sent": self._sent,

@@ -42,10 +42,12 @@ RIGHT = (30, 140, 200)  # blue
 BACKGROUND = (17, 17, 17)  # the page's
 
 
-def coloured_clip(path: Path, seconds: float) -> Path:
-    """Left half orange, right half blue, a grey bar moving across: easy to find again in a screenshot.
-    A fixed fine texture on top makes each JPEG large (tens of kB) as a camera's would be."""
+def coloured_clip(path: Path, seconds: float, colours: tuple[tuple[int, int, int], ...] = (LEFT, RIGHT)) -> Path:
+    """Left half orange, right half blue (or ``colours``), a grey bar moving across: easy to find
+    again in a screenshot. A fixed fine texture on top makes each JPEG large (tens of kB) as a
+    camera's would be."""
     w, h = SIZE
+    left_colour, right_colour = colours
     texture = np.random.default_rng(0).integers(-12, 13, (h, w, 1))
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=FPS)
@@ -53,8 +55,8 @@ def coloured_clip(path: Path, seconds: float) -> Path:
         stream.options = {"preset": "ultrafast", "crf": "18"}
         for i in range(int(seconds * FPS)):
             rgb = np.empty((h, w, 3), np.uint8)
-            rgb[:, : w // 2] = LEFT
-            rgb[:, w // 2 :] = RIGHT
+            rgb[:, : w // 2] = left_colour
+            rgb[:, w // 2 :] = right_colour
             x = (i * 8) % w
             rgb[:, x : x + 6] = 128
             rgb = (rgb + texture).clip(0, 255).astype(np.uint8)
@@ -75,15 +77,19 @@ def clip_dir() -> Iterator[Path]:
 
 
 class PreviewRun:
-    """``facestream run CLIP -o OUT --preview 127.0.0.1:PORT``, paced in real time, in a subprocess."""
+    """``facestream run CLIP -o OUT --preview 127.0.0.1:PORT`` (or several clips, one output each),
+    paced in real time, in a subprocess."""
 
-    def __init__(self, clip: Path, out: Path) -> None:
+    def __init__(self, clip: Path | list[Path], out: Path | list[Path]) -> None:
+        clips = clip if isinstance(clip, list) else [clip]
+        outs = out if isinstance(out, list) else [out]
         self.port = free_port()
-        self.out = out
-        self.stats = out.with_suffix(".json")
+        self.out = outs[0]
+        self.stats = outs[0].with_suffix(".json")
         self.base = f"http://127.0.0.1:{self.port}/"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "facestream", "run", str(clip), "-o", str(out), "-y", "-q", "--stats",
+            [sys.executable, "-m", "facestream", "run", *map(str, clips), *(a for o in outs for a in ("-o", str(o))),
+             "-y", "-q", "--stats",
              str(self.stats), "--set", "input.realtime=true", "--preview", f"127.0.0.1:{self.port}"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -150,13 +156,14 @@ def read_part(stream: Any) -> tuple[dict[str, str], bytes]:
     return headers, body
 
 
-def assert_halves(image_rgb: np.ndarray, tolerance: int, where: str) -> None:
+def assert_halves(image_rgb: np.ndarray, tolerance: int, where: str,
+                  colours: tuple[tuple[int, int, int], ...] = (LEFT, RIGHT)) -> None:
     """The left and right halves show the clip's two colours (the moving bar aside: medians)."""
     h, w = image_rgb.shape[:2]
     left = np.median(image_rgb[h // 10 : -h // 10, w // 10 : 2 * w // 5].reshape(-1, 3), axis=0)
     right = np.median(image_rgb[h // 10 : -h // 10, 3 * w // 5 : -w // 10].reshape(-1, 3), axis=0)
-    assert np.abs(left - LEFT).max() <= tolerance, f"{where}: left half {left}, expected {LEFT}"
-    assert np.abs(right - RIGHT).max() <= tolerance, f"{where}: right half {right}, expected {RIGHT}"
+    assert np.abs(left - colours[0]).max() <= tolerance, f"{where}: left half {left}, expected {colours[0]}"
+    assert np.abs(right - colours[1]).max() <= tolerance, f"{where}: right half {right}, expected {colours[1]}"
 
 
 def test_mjpeg_serves_the_newest_frames_as_jpeg_and_a_slow_reader_skips(preview_run):
@@ -213,6 +220,61 @@ def test_mjpeg_serves_the_newest_frames_as_jpeg_and_a_slow_reader_skips(preview_
     # The server went with the run.
     with pytest.raises(OSError):
         urllib.request.urlopen(run.base + "figures.json", timeout=2)
+
+
+GREEN = (40, 190, 60)
+MAGENTA = (200, 40, 170)
+
+
+def test_two_feeds_each_previewed_with_their_figures(clip_dir):
+    """``facestream run A B -o A' -o B' --preview``: ``?feed=N`` shows feed N, the figures list both."""
+    first = coloured_clip(clip_dir / "feed0.mp4", 6.0)
+    second = coloured_clip(clip_dir / "feed1.mp4", 6.0, colours=(GREEN, MAGENTA))
+    outs = [clip_dir / "feed0-out.mp4", clip_dir / "feed1-out.mp4"]
+    run = PreviewRun([first, second], outs)
+    try:
+        for feed, colours in ((1, (GREEN, MAGENTA)), (0, (LEFT, RIGHT))):
+            conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+            conn.request("GET", f"/stream.mjpg?feed={feed}")
+            reply = conn.getresponse()
+            assert reply.status == 200
+            indices = []
+            for _ in range(3):
+                headers, body = read_part(reply)
+                assert headers["x-feed"] == str(feed)
+                image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+                assert image is not None and image.shape == (SIZE[1], SIZE[0], 3)
+                assert_halves(image[..., ::-1], 12, f"MJPEG of feed {feed}", colours)
+                indices.append(int(headers["x-frame-index"]))
+            # Each feed's own frame positions (not the muxed run's), in order.
+            assert indices == sorted(set(indices)) and indices[-1] < 6 * FPS
+            conn.close()
+        with urllib.request.urlopen(run.base + "frame.jpg?feed=1", timeout=10) as reply:
+            image = cv2.imdecode(np.frombuffer(reply.read(), np.uint8), cv2.IMREAD_COLOR)
+        assert_halves(image[..., ::-1], 12, "frame.jpg of feed 1", (GREEN, MAGENTA))
+        # The figures: the run's per-feed numbers and what the preview got of each feed.
+        figures = run.figures()
+        assert figures["feeds"] == 2
+        assert [s["stream"] for s in figures["run"]["streams"]] == [0, 1]
+        assert all(s["frames_out"] > 0 for s in figures["run"]["streams"])
+        assert [f["feed"] for f in figures["preview"]["feeds"]] == [0, 1]
+        assert all(f["frames"] > 0 for f in figures["preview"]["feeds"])
+        with urllib.request.urlopen(run.base + "?feed=1", timeout=10) as reply:
+            page = reply.read().decode()
+        assert 'id="feeds"' in page and 'id="streams"' in page and '"stream.mjpg" + feedQuery' in page
+        # A feed the run does not have, or not a number: a 4xx with a reason.
+        for path, code, reason in (("stream.mjpg?feed=2", 404, "no feed 2: this run has 2 feeds"),
+                                   ("frame.jpg?feed=x", 400, "feed must be a number from 0 to 1"),
+                                   ("?feed=-1", 400, "feed must be a number")):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(run.base + path, timeout=10)
+            assert refused.value.code == code and reason in refused.value.read().decode(), path
+        code, err = run.wait()
+        assert code == 0, err
+        for clip, out in zip((first, second), outs):
+            assert probe(out).frames == probe(clip).frames == 6 * FPS
+    finally:
+        run.kill()
 
 
 class _Dechunk:

@@ -353,8 +353,9 @@ def _stopped(run: Run) -> str:
 
 def _release(job: Job) -> None:
     """Let go of the outputs a prepared job claimed but will never write."""
-    sink = job.pipeline.stages[-1]
-    for encoder in getattr(sink, "sinks", [sink]):
+    from facestream.app import leaf_sinks
+
+    for encoder in leaf_sinks(job.pipeline.stages[-1]):
         release = getattr(encoder, "release", None)
         if release is not None:
             release()
