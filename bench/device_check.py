@@ -47,8 +47,8 @@ STEPS = ("environment", "needs_cuda_tests", "nvdec", "sync_audit", "bench_gpu")
 BUDGET_S = 360.0
 SHARES = {"environment": 0.05, "needs_cuda_tests": 0.25, "nvdec": 0.10, "sync_audit": 0.15, "bench_gpu": 0.45}
 # What the device machine lacks (KINDS.md lists what it has): carried as wheels. ``setuptools`` and
-# ``wheel`` build the project's editable install offline.
-CARRIED = ("av", "insightface==2.1", "setuptools>=68", "wheel")
+# ``wheel`` (which needs ``packaging``) build the project's editable install offline.
+CARRIED = ("av", "insightface==2.1", "setuptools>=68", "wheel", "packaging")
 CARRY_LIMIT_MB = 64.0
 
 
@@ -63,7 +63,7 @@ def step_environment(tiny: bool) -> dict[str, Any]:
     import torch
 
     facts: dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "python": platform.python_version(), "executable": sys.executable, "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
     }
