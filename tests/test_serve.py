@@ -52,6 +52,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         p.mkdir()
     make_clip(f["in"] / "short.mp4", seconds=1.2, size=(160, 120), faststart=True)
     make_clip(f["in"] / "long.mp4", seconds=12, size=(160, 120), faststart=True)
+    make_clip(f["in"] / "long-b.mp4", seconds=12, size=(128, 96), faststart=True)  # another size: feed 1
     make_clip(f["outside"] / "private.mp4", seconds=0.5, size=(160, 120))
     (f["in"] / "escape.mp4").symlink_to(f["outside"] / "private.mp4")
     (f["out"] / "elsewhere").symlink_to(f["outside"])
@@ -230,6 +231,122 @@ def test_stream_live_figures_and_stop(svc: ServeProcess, folders: dict[str, Path
     status, _, body = svc.fetch(page)
     assert status == 404 and json.loads(body)["error"] == "no_preview"
     assert "preview" not in messages[-1]["links"]
+
+
+def test_stream_of_two_inputs_runs_each_to_its_output_with_a_preview_per_feed(
+        svc: ServeProcess, clips: ClipServer, folders: dict[str, Path]) -> None:
+    # Two files of the input folder, paced live by the live preset: one pipeline, one output each.
+    stream = svc.ok("POST", "/v1/streams", {"inputs": ["long.mp4", "long-b.mp4"],
+                                            "outputs": ["two-a.mp4", "two-b.mkv"], "overwrite": True})
+    assert stream["inputs"] == ["long.mp4", "long-b.mp4"] and stream["input"] == "long.mp4"
+    assert stream["outputs"] == ["two-a.mp4", "two-b.mkv"]
+    live = svc.wait("stream", stream["id"], until=lambda r: running_with_frames(r) and all(
+        f["frames_out"] >= 10 for f in r["report"].get("streams", [{"frames_out": 0}] * 2)))
+    assert [f["stream"] for f in live["report"]["streams"]] == [0, 1]
+    listed = [s for s in svc.ok("GET", "/v1/streams")["items"] if s["id"] == stream["id"]]
+    assert listed[0]["inputs"] == ["long.mp4", "long-b.mp4"]
+    # The stream's preview covers both feeds: ?feed=1 is the second input (its own size).
+    page = live["links"]["preview"]
+    for feed, shape in ((0, (120, 160, 3)), (1, (96, 128, 3))):
+        status, kind, body = svc.fetch(f"{page}frame.jpg?feed={feed}")
+        assert status == 200 and kind == "image/jpeg", body
+        assert cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).shape == shape
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=10)
+    conn.request("GET", f"{page}stream.mjpg?feed=1")
+    reply = conn.getresponse()
+    assert reply.status == 200 and reply.getheader("Content-Type").startswith("multipart/x-mixed-replace")
+    head = reply.read(400)
+    conn.close()
+    assert b"X-Feed: 1" in head
+    status, _, body = svc.fetch(f"{page}figures.json")
+    figures = json.loads(body)
+    assert figures["feeds"] == 2 and [f["feed"] for f in figures["preview"]["feeds"]] == [0, 1]
+    status, _, body = svc.fetch(f"{page}frame.jpg?feed=2")
+    assert status == 404 and b"no feed 2: this run has 2 feeds" in body
+    svc.ok("DELETE", f"/v1/streams/{stream['id']}", expect=202)
+    done = svc.wait("stream", stream["id"])
+    assert done["state"] == "stopped", done
+    assert done["inputs"] == ["long.mp4", "long-b.mp4"] and done["report"]["input"] == [
+        str(folders["in"] / "long.mp4"), str(folders["in"] / "long-b.mp4")]
+    # Both outputs finalised and playable, each with its own feed's frames (and size).
+    for k, (name, size) in enumerate((("two-a.mp4", (160, 120)), ("two-b.mkv", (128, 96)))):
+        written = frames(folders["out"] / name)
+        assert 10 <= written == done["report"]["streams"][k]["frames_out"] < frames(folders["in"] / "long.mp4")
+        with av.open(str(folders["out"] / name)) as c:
+            assert (c.streams.video[0].width, c.streams.video[0].height) == size
+
+    # A network input with credentials among several: the view and the record show it redacted.
+    remote = clips.url("short.mp4", "viewer", SECRET)
+    mixed = svc.ok("POST", "/v1/streams", {"inputs": ["short.mp4", remote], "outputs": ["mix-a.mp4", "mix-b.mp4"],
+                                           "overwrite": True})
+    assert mixed["inputs"] == ["short.mp4", clips.url("short.mp4").replace("http://", "http://***@")]
+    mixed = svc.wait("stream", mixed["id"])
+    assert mixed["state"] == "done", mixed
+    assert [frames(folders["out"] / n) for n in ("mix-a.mp4", "mix-b.mp4")] == [frames(folders["in"] / "short.mp4")] * 2
+    with sqlite3.connect(folders["state"] / "serve.sqlite") as db:
+        record = db.execute("SELECT record FROM runs WHERE id = ?", (mixed["id"],)).fetchone()[0]
+    assert json.loads(record)["inputs"] == mixed["inputs"] and SECRET not in record
+    assert SECRET not in json.dumps(mixed) and SECRET not in svc.log.read_text()
+
+
+@pytest.mark.parametrize("body, status, rule, says", [
+    ({"inputs": ["short.mp4", "long.mp4"], "outputs": ["n-a.mp4"]}, 422, "outputs_per_input",
+     "2 inputs need 2 outputs"),
+    ({"inputs": ["short.mp4", "long.mp4", "short.mp4"], "outputs": ["n-a.mp4", "n-b.mp4"]}, 422,
+     "outputs_per_input", "3 inputs need 3 outputs"),
+    ({"inputs": ["short.mp4", "../outside/private.mp4"], "outputs": ["n-a.mp4", "n-b.mp4"]}, 400, "path_dotdot",
+     "inputs[1]: "),
+    ({"inputs": ["REMOTE", "escape.mp4"], "outputs": ["n-a.mp4", "n-b.mp4"]}, 403, "path_outside_folder",
+     "inputs[1]: "),
+    ({"inputs": ["short.mp4", "ftp://viewer:SECRET@host/clip.mp4"], "outputs": ["n-a.mp4", "n-b.mp4"]}, 400,
+     "url_scheme", "inputs[1]: "),
+    ({"inputs": ["short.mp4", "file:///etc/passwd"], "outputs": ["n-a.mp4", "n-b.mp4"]}, 400, "url_scheme",
+     "inputs[1]: "),
+    ({"inputs": ["short.mp4", "missing.mp4"], "outputs": ["n-a.mp4", "n-b.mp4"]}, 404, "not_found", "inputs[1]: "),
+    ({"input": "short.mp4", "inputs": ["short.mp4"], "outputs": ["n-a.mp4"]}, 422, "input_or_inputs",
+     "either 'input'"),
+    ({"outputs": ["n-a.mp4"]}, 422, "input_or_inputs", "either 'input'"),
+    ({"inputs": [], "outputs": ["n-a.mp4"]}, 422, "invalid_request", "inputs"),
+    ({"inputs": ["short.mp4", 3], "outputs": ["n-a.mp4", "n-b.mp4"]}, 422, "invalid_request", "inputs.1"),
+])
+def test_streams_of_several_inputs_that_break_a_rule_are_refused(svc: ServeProcess, clips: ClipServer,
+                                                                 folders: dict[str, Path], body: dict, status: int,
+                                                                 rule: str, says: str) -> None:
+    body = json.loads(json.dumps(body).replace("SECRET", SECRET).replace(
+        '"REMOTE"', json.dumps(clips.url("short.mp4", "viewer", SECRET))))
+    before = len(svc.ok("GET", "/v1/streams")["items"])
+    got, answer = svc.call("POST", "/v1/streams", body)
+    assert (got, answer["error"]) == (status, rule), answer
+    assert says in answer["detail"] and "\n" not in answer["detail"] and SECRET not in json.dumps(answer)
+    assert len(svc.ok("GET", "/v1/streams")["items"]) == before
+    assert not (folders["out"] / "n-a.mp4").exists()
+
+
+def test_a_state_folder_from_before_several_inputs_still_loads(folders: dict[str, Path], tmp_path: Path) -> None:
+    # A record as the service wrote it before streams had 'inputs': it loads, shown with its one input.
+    state = tmp_path / "old-state"
+    state.mkdir()
+    old = {"id": "0123456789ab", "kind": "stream", "seq": 7, "input": "rtsp://***@cam/1", "outputs": ["old.mp4"],
+           "preset": "live", "overrides": {}, "state": "running", "created_at": 1.0, "started_at": 2.0,
+           "finished_at": None, "progress": {}, "report": None, "error": None}
+    with sqlite3.connect(state / "serve.sqlite") as db:
+        db.executescript("CREATE TABLE runs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, kind TEXT NOT NULL, "
+                         "state TEXT NOT NULL, record TEXT NOT NULL);")
+        db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?)", (old["id"], 7, "stream", "running", json.dumps(old)))
+    s = ServeProcess(input_dir=folders["in"], output_dir=folders["out"], state_dir=state).start()
+    try:
+        view = s.ok("GET", f"/v1/streams/{old['id']}")
+        assert view["inputs"] == [view["input"]] == ["rtsp://***@cam/1"]
+        assert view["state"] == "interrupted" and view["outputs"] == ["old.mp4"]
+        fresh = s.ok("POST", "/v1/streams", {"inputs": ["short.mp4", "short.mp4"], "outputs": ["o-a.mp4", "o-b.mp4"],
+                                             "overwrite": True})
+        assert s.wait("stream", fresh["id"])["state"] == "done"
+    finally:
+        s.kill()
+    with sqlite3.connect(state / "serve.sqlite") as db:
+        records = {r[0]: json.loads(r[1]) for r in db.execute("SELECT id, record FROM runs")}
+    assert records[old["id"]]["inputs"] == ["rtsp://***@cam/1"]
+    assert records[fresh["id"]]["inputs"] == ["short.mp4", "short.mp4"]
 
 
 def test_credentials_never_leave_the_process(svc: ServeProcess, clips: ClipServer, folders: dict[str, Path]) -> None:

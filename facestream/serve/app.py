@@ -106,13 +106,18 @@ class JobRequest(BaseModel):
 
 
 class StreamRequest(BaseModel):
-    """A live stream."""
+    """A live stream: one input (``input``; every output gets it), or several (``inputs``: feeds on
+    one pipeline, each written to the output at its position in ``outputs``)."""
 
     model_config = ConfigDict(extra="forbid")
-    input: str = Field(..., max_length=4096, description="rtsp://, rtmp://, srt://, udp://, http(s):// URL, "
-                                                         "webcam:N, or a file in an input folder (paced live)")
+    input: str | None = Field(None, max_length=4096, description="rtsp://, rtmp://, srt://, udp://, http(s):// URL, "
+                                                                 "webcam:N, or a file in an input folder (paced live)")
+    inputs: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        None, min_length=1, max_length=8, description="several inputs instead of 'input' (each as 'input' takes): "
+                                                      "one pipeline batches their frames; one output each, in order")
     outputs: list[str] = Field(..., min_length=1, max_length=8,
-                               description="rtmp://, rtsp://, udp://, tcp:// URLs and/or files in the output folder")
+                               description="rtmp://, rtsp://, udp://, tcp:// URLs and/or files in the output folder "
+                                           "(with 'inputs': one per input, in the same order)")
     preset: str = Field("live", max_length=64)
     overrides: dict[str, Any] = Field(default_factory=dict)
     sources: list[SourceImage] = Field(default_factory=list, max_length=16)
@@ -128,7 +133,8 @@ class RunView(BaseModel):
     created_at: float
     started_at: float | None
     finished_at: float | None
-    input: str
+    input: str = Field(..., description="the input (the first, for a stream of several)")
+    inputs: list[str] = Field(default_factory=list, description="every input, in order (credentials hidden)")
     outputs: list[str]
     preset: str
     overrides: dict[str, Any]
@@ -295,7 +301,21 @@ class Service:
 
     def check_request(self, kind: str, req: Any) -> Run:
         live = kind == "stream"
-        source, shown_input = self.resolve_input(req.input, live=live)
+        given = getattr(req, "inputs", None)
+        if (req.input is None) == (given is None):
+            raise Refused(422, "input_or_inputs", "give either 'input' (one) or 'inputs' (several), not both")
+        texts = [req.input] if given is None else list(given)
+        if len(texts) > 1 and len(texts) != len(req.outputs):
+            raise Refused(422, "outputs_per_input", f"{len(texts)} inputs need {len(texts)} outputs (one per input, "
+                                                    f"in the same order), got {len(req.outputs)}")
+        resolved = []
+        for k, text in enumerate(texts):
+            try:
+                resolved.append(self.resolve_input(text, live=live))
+            except Refused as exc:
+                if len(texts) > 1:
+                    raise Refused(exc.status, exc.rule, f"inputs[{k}]: {exc.detail}") from None
+                raise
         targets = [req.output] if kind == "job" else list(req.outputs)
         outputs = [self.resolve_output(t, req.overwrite) for t in targets]
         if len({t for t, _ in outputs}) != len(outputs):
@@ -310,9 +330,11 @@ class Service:
             if uploads is not None:
                 shutil.rmtree(uploads, ignore_errors=True)
             raise
-        return Run(id=run_id, kind=kind, seq=0, input=shown_input, outputs=[shown for _, shown in outputs],  # type: ignore[arg-type]
-                   preset=req.preset, overrides=self.secrets.scrub(dict(req.overrides)), source=source,
-                   targets=[t for t, _ in outputs], settings=settings, overwrite=req.overwrite, uploads=uploads)
+        return Run(id=run_id, kind=kind, seq=0, input=resolved[0][1], inputs=[shown for _, shown in resolved],  # type: ignore[arg-type]
+                   outputs=[shown for _, shown in outputs], preset=req.preset,
+                   overrides=self.secrets.scrub(dict(req.overrides)), source=resolved[0][0],
+                   sources=[source for source, _ in resolved], targets=[t for t, _ in outputs], settings=settings,
+                   overwrite=req.overwrite, uploads=uploads)
 
 
 def _check_path_settings(base: Any, settings: Any) -> None:

@@ -54,8 +54,11 @@ CREATE INDEX IF NOT EXISTS runs_kind ON runs (kind, seq);
 
 @dataclass
 class Run:
-    """One job or stream. What is saved and shown holds no credentials (``input`` and ``outputs``
-    are redacted); the real source and targets stay in memory only."""
+    """One job or stream. What is saved and shown holds no credentials (``input``, ``inputs`` and
+    ``outputs`` are redacted); the real sources and targets stay in memory only.
+
+    ``inputs`` lists every input (a stream may have several feeds); ``input`` is the first. A record
+    saved before ``inputs`` existed loads with ``inputs == [input]``."""
 
     id: str
     kind: Kind
@@ -64,6 +67,7 @@ class Run:
     outputs: list[str]
     preset: str
     overrides: dict[str, Any]
+    inputs: list[str] = field(default_factory=list)
     state: str = "queued"
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -73,6 +77,7 @@ class Run:
     error: str | None = None
     # In memory only.
     source: str = ""
+    sources: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     settings: Settings | None = None
     overwrite: bool = False
@@ -84,11 +89,17 @@ class Run:
     shutting_down: bool = False
     changed: asyncio.Event | None = None
 
-    SAVED = ("id", "kind", "seq", "input", "outputs", "preset", "overrides", "state", "created_at", "started_at",
+    SAVED = ("id", "kind", "seq", "input", "inputs", "outputs", "preset", "overrides", "state", "created_at", "started_at",
              "finished_at", "progress", "report", "error")
 
     def record(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.SAVED}
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            self.inputs = [self.input]
+        if not self.sources and self.source:
+            self.sources = [self.source]
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> Run:
@@ -269,10 +280,11 @@ class Manager:
         if run.kind == "stream" and self.previews:
             from facestream.stages.preview import Preview
 
-            preview = Preview()
+            preview = Preview(feeds=len(run.sources))
         try:
             try:
-                job = await asyncio.to_thread(prepare_job, run.settings, source=run.source,
+                job = await asyncio.to_thread(prepare_job, run.settings,
+                                              source=run.sources[0] if len(run.sources) == 1 else run.sources,
                                               output=run.targets[0] if len(run.targets) == 1 else run.targets,
                                               progress=lambda p: self._progress(run, p), overwrite=run.overwrite,
                                               preview=preview)
