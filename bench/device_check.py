@@ -126,8 +126,16 @@ def step_needs_cuda_tests(tiny: bool, timeout_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-m", "needs_cuda", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-               "-rs", "--continue-on-collection-errors", f"--junitxml={junit}", *files]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(10.0, timeout_s - 5))
+               "-rs", "-v", "--continue-on-collection-errors", f"--junitxml={junit}", *files]
+        # pytest writes to a file, so that what ran is known even if it outlasts its time box.
+        log = Path(tmp) / "pytest.log"
+        try:
+            with log.open("w") as sink:
+                proc = subprocess.run(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                      timeout=max(10.0, timeout_s - 5))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"pytest outlasted its time box; its output:\n{log.read_text()[-3000:]}") from None
+        output = log.read_text()
         tests: list[dict[str, Any]] = []
         if junit.exists():
             for case in ET.parse(junit).getroot().iter("testcase"):
@@ -141,9 +149,9 @@ def step_needs_cuda_tests(tiny: bool, timeout_s: float) -> dict[str, Any]:
                               "seconds": float(case.get("time") or 0), **({"why": why} if why else {})})
     counts = Counter(t["outcome"] for t in tests)
     result = {"command": " ".join(cmd[1:4] + ["..."]), "files": files, "exit_code": proc.returncode,
-              "counts": dict(counts), "tests": tests, "output_tail": proc.stdout[-3000:] + proc.stderr[-1000:]}
+              "counts": dict(counts), "tests": tests, "output_tail": output[-3000:]}
     if not tests:
-        raise RuntimeError(f"pytest ran no tests (exit {proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-500:]}")
+        raise RuntimeError(f"pytest ran no tests (exit {proc.returncode}): {output[-2000:]}")
     if not torch.cuda.is_available():
         reasons = sorted({t.get("why", "") for t in tests if t["outcome"] == "skipped"})
         result["skipped_because"] = f"no CUDA GPU here ({counts['skipped']} of {len(tests)} tests skipped: {reasons})"
@@ -205,7 +213,7 @@ def step_nvdec(tiny: bool) -> dict[str, Any]:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    size, frames = ((320, 240), 20) if tiny else ((1920, 1080), 90)
+    size, frames = ((320, 240), 20) if tiny else ((1280, 720), 60)
     out: dict[str, Any] = {"device": device, "size": list(size), "frames": frames}
     with tempfile.TemporaryDirectory() as tmp:
         for name, codec in (("h264", "libx264"), ("hevc", "libx265")):
