@@ -4,9 +4,10 @@ Runs the demo preset on the demo clip in fresh processes, alternating two set-up
 each, and prints the pipeline's wall time and each stage's capacity (frames per second it could take
 when busy), then the ratio of the medians:
 
-- **baseline**: torch's intra-op threads on every core and the blender's colour matching through
-  the torch Lab formulas (what runs before this benchmark's changes);
-- **facestream**: the defaults (half the cores for intra-op threads, OpenCV's Lab on the host).
+- **baseline**: torch's intra-op threads on every core, the blender's colour matching through the
+  torch Lab formulas, and dlib's HOG one frame after another (what ran before these changes);
+- **facestream**: the defaults (half the cores for intra-op threads, OpenCV's Lab on the host, a
+  batch's frames detected side by side).
 
 The README's demo time is the ``facestream`` line, measured with the machine otherwise quiet.
 """
@@ -32,7 +33,9 @@ from facestream.facelib.ops import lab
 overrides = []
 if sys.argv[3] == "baseline":
     import os
+    from facestream.facelib.models.builtin_pack import DlibDetector
     lab.match_colour.__kwdefaults__["engine"] = "torch"
+    DlibDetector.PARALLEL = False
     overrides.append(f"threads={os.cpu_count()}")
 from facestream.demo import run_demo
 sys.exit(run_demo(output=sys.argv[1], stats=sys.argv[2], overrides=overrides, quiet=True))

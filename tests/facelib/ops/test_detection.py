@@ -90,3 +90,26 @@ def test_keypoints_fit_real_faces_and_not_boxes_at_the_wrong_scale():
     assert not keypoints_fit(grown, det.kps).any()
     shifted = det.kps + (det.boxes[:, 2:] - det.boxes[:, :2])[:, None] * [1.2, 0.0]
     assert not keypoints_fit(det.boxes, shifted).any()
+
+
+def test_builtin_detector_runs_a_batch_side_by_side_with_the_same_answers():
+    """HOG works on a batch's frames in threads of their own (each with its own dlib detector): the
+    answers are those of one frame at a time, in order."""
+    import os
+    import threading
+
+    from facestream.facelib.models.builtin_pack import DlibDetector
+    from facestream.scenes import load_photo
+
+    group = load_photo("group")
+    frames = [torch.from_numpy(np.ascontiguousarray(np.roll(group, 40 * k, axis=1))) for k in range(6)]
+    det = DlibDetector()
+    together = det.detect(frames)
+    alone = [det.detect([f])[0] for f in frames]
+    assert sum(len(d.boxes) for d in together) >= 24
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.landmarks, b.landmarks)
+        np.testing.assert_array_equal(a.plausible, b.plausible)
+    workers = {t.name for t in threading.enumerate() if t.name.startswith("dlib-hog")}
+    assert len(workers) >= min(2, os.cpu_count() or 1)
