@@ -10,7 +10,7 @@ from typing import Any
 from .channel import POLICIES, Policy, SideChannel
 from .errors import InputError, PipelineError
 from .frame import Frame
-from .stage import RunContext, Source, SourceInfo
+from .stage import RunContext, Source, SourceInfo, close_each, open_each
 
 
 def _describe(error: BaseException) -> str:
@@ -74,20 +74,10 @@ class Muxer(Source):
         if not self.sources:
             raise ValueError("a muxer needs at least one source")
         self._ctx = ctx
-        opened: list[Source] = []
-        try:
-            for source in self.sources:
-                child = RunContext(device=ctx.device, side=SideChannel(), stop=self._stop, log=ctx.log)
-                source.open(child)
-                opened.append(source)
-                self._contexts.append(child)
-        except BaseException:
-            for source in reversed(opened):
-                try:
-                    source.close()
-                except Exception:  # noqa: BLE001 - the first error is the one to report
-                    pass
-            raise
+        contexts = [RunContext(device=ctx.device, side=SideChannel(), stop=self._stop, log=ctx.log)
+                    for _ in self.sources]
+        open_each(list(zip(self.sources, contexts)))
+        self._contexts = contexts
         infos = [c.source for c in self._contexts if c.source is not None]
         first = infos[0] if infos else self.sources[0].info
         rates = [i.frame_rate for i in infos if i.frame_rate]
@@ -132,16 +122,9 @@ class Muxer(Source):
             self._cond.notify_all()
         for t in self._threads:
             t.join(10.0)
-        error: BaseException | None = None
-        for source, thread in zip(self.sources, self._threads or [None] * len(self.sources)):
-            if thread is not None and thread.is_alive():
-                continue  # still inside a read that ignores the stop: closing under it is unsafe
-            try:
-                source.close()
-            except BaseException as exc:  # noqa: BLE001 - every feed is closed before raising
-                error = error or exc
-        if error is not None:
-            raise error
+        # A feed still inside a read that ignores the stop is left alone: closing under it is unsafe.
+        close_each([source for source, thread in zip(self.sources, self._threads or [None] * len(self.sources))
+                    if thread is None or not thread.is_alive()])
 
     def report(self) -> dict[str, Any]:
         return {

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .frame import Frame
-from .stage import RunContext, Sink
+from .stage import RunContext, Sink, close_each, open_each
 
 
 class Router(Sink):
@@ -35,18 +35,8 @@ class Router(Sink):
     def open(self, ctx: RunContext) -> None:
         if len(ctx.streams) != len(self.sinks):
             raise ValueError(f"{len(self.sinks)} outputs for {len(ctx.streams)} feeds: give one output per feed")
-        try:
-            for sink, feed in zip(self.sinks, ctx.streams):
-                sink.open(dataclasses.replace(ctx, source=feed.source, side=feed.side, streams=[]))
-                self._opened.append(sink)
-        except BaseException:
-            for sink in reversed(self._opened):
-                try:
-                    sink.close()
-                except Exception:  # noqa: BLE001 - the first error is the one to report
-                    pass
-            self._opened.clear()
-            raise
+        self._opened = open_each([(sink, dataclasses.replace(ctx, source=feed.source, side=feed.side, streams=[]))
+                                  for sink, feed in zip(self.sinks, ctx.streams)])
 
     def write(self, frames: list[Frame]) -> None:
         by_stream: dict[int, list[Frame]] = {}
@@ -56,14 +46,7 @@ class Router(Sink):
             self.sinks[stream].write(group)
 
     def close(self) -> None:
-        error: BaseException | None = None
-        for sink in self._opened:
-            try:
-                sink.close()
-            except BaseException as exc:  # noqa: BLE001 - every sink is closed before raising
-                error = error or exc
-        if error is not None:
-            raise error
+        close_each(self._opened)
 
     def report(self) -> dict[str, Any]:
         return {"outputs": [sink.report() for sink in self.sinks]}

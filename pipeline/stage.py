@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -114,3 +114,45 @@ class Sink(Stage):
 
     def write(self, frames: list[Frame]) -> None:
         raise NotImplementedError
+
+
+S = TypeVar("S", bound=Stage)
+
+
+def open_each(pairs: Sequence[tuple[S, RunContext]]) -> list[S]:
+    """Open each stage with its context, in order. If one fails, those already open are closed
+    (their own errors dropped: the first one is the one to report) and it raises.
+
+    Example:
+        >>> len(open_each([(Stage(), RunContext(device=torch.device("cpu")))]))
+        1
+    """
+    opened: list[S] = []
+    try:
+        for stage, ctx in pairs:
+            stage.open(ctx)
+            opened.append(stage)
+    except BaseException:
+        for stage in reversed(opened):
+            try:
+                stage.close()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+        raise
+    return opened
+
+
+def close_each(stages: Sequence[Stage]) -> None:
+    """Close every stage, in order, then raise the first error any of them raised.
+
+    Example:
+        >>> close_each([Stage(), Stage()])
+    """
+    error: BaseException | None = None
+    for stage in stages:
+        try:
+            stage.close()
+        except BaseException as exc:  # noqa: BLE001 - every stage is closed before raising
+            error = error or exc
+    if error is not None:
+        raise error

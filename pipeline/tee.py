@@ -8,7 +8,7 @@ from typing import Any
 
 from .channel import SideChannel
 from .frame import Frame
-from .stage import RunContext, Sink
+from .stage import RunContext, Sink, close_each, open_each
 
 
 class Tee(Sink):
@@ -34,20 +34,8 @@ class Tee(Sink):
 
     def open(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        opened: list[Sink] = []
-        try:
-            for sink in self.sinks:
-                child = dataclasses.replace(ctx, side=SideChannel())
-                sink.open(child)
-                opened.append(sink)
-                self._contexts.append(child)
-        except BaseException:
-            for sink in reversed(opened):
-                try:
-                    sink.close()
-                except Exception:  # noqa: BLE001 - the first error is the one to report
-                    pass
-            raise
+        self._contexts = [dataclasses.replace(ctx, side=SideChannel()) for _ in self.sinks]
+        open_each(list(zip(self.sinks, self._contexts)))
 
     def _share_side(self) -> None:
         assert self._ctx is not None
@@ -68,14 +56,7 @@ class Tee(Sink):
     def close(self) -> None:
         if self._ctx is not None:
             self._share_side()
-        error: BaseException | None = None
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except BaseException as exc:  # noqa: BLE001 - every sink is closed before raising
-                error = error or exc
-        if error is not None:
-            raise error
+        close_each(self.sinks)
 
     def report(self) -> dict[str, Any]:
         return {"outputs": [sink.report() for sink in self.sinks]}

@@ -22,7 +22,8 @@ RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 
 
 class Reader(threading.Thread):
-    """Reads a stream with PyAV, noting each decoded frame's pts and arrival time."""
+    """Reads a stream with PyAV for ``seconds`` from its first frame, noting each decoded frame's pts
+    and arrival time."""
 
     def __init__(self, url: str, *, format: str | None = None, seconds: float = 60.0) -> None:
         super().__init__(daemon=True)
@@ -32,13 +33,15 @@ class Reader(threading.Thread):
         self.opened = threading.Event()
 
     def run(self) -> None:
-        deadline = time.monotonic() + self.seconds
+        deadline = None  # ``seconds`` from the first frame: the publisher may still be loading its models
         try:
             with av.open(self.url, format=self.format, timeout=(20.0, 3.0)) as c:
                 self.opened.set()
                 for f in c.decode(video=0):
-                    self.frames.append((f.pts, time.monotonic()))
-                    if time.monotonic() > deadline:
+                    now = time.monotonic()
+                    self.frames.append((f.pts, now))
+                    deadline = deadline or now + self.seconds
+                    if now > deadline:
                         return
         except Exception as exc:  # noqa: BLE001 - the stream ending is how a read finishes
             self.error = f"{type(exc).__name__}: {exc}"
@@ -51,6 +54,19 @@ class Reader(threading.Thread):
         hold the first frames, the reader's parser the last ones until the stream times out)."""
         offsets = [t - p / 90000 for p, t in self.frames[skip:-skip]]
         return max(offsets) - min(offsets)
+
+
+def _read_when_published(url: str, *, seconds: float, within: float = 30.0) -> Reader:
+    """A reader of an RTMP stream once its publisher is on (nginx ends a play of a stream nobody
+    publishes yet at once, with no frames; the publisher may still be loading its models)."""
+    deadline = time.monotonic() + within
+    while True:
+        reader = Reader(url, seconds=seconds)
+        reader.start()
+        reader.join(seconds + 15)
+        if reader.frames or time.monotonic() > deadline:
+            return reader
+        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")
@@ -148,28 +164,26 @@ def nginx(tmp_path):
     server.kill()
 
 
-def test_rtmp_push_survives_the_server_going_away(nginx, long_clip, tmp_path):
+def test_rtmp_push_survives_the_server_going_away(nginx, clip, tmp_path):
+    # 16 s: room for the pusher's start-up, a first read, the server's death and return, a second read.
+    src = clip("stream16.mp4", seconds=16.0, audio="aac", size=(320, 240))
     stats = tmp_path / "s.json"
     push = subprocess.Popen(
-        [sys.executable, "-m", "facestream", "run", str(long_clip), "-o", nginx.url("cam"), "--preset", "anonymize",
+        [sys.executable, "-m", "facestream", "run", str(src), "-o", nginx.url("cam"), "--preset", "anonymize",
          "--set", "input.realtime=true", "-q", "--stats", str(stats)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    first = Reader(nginx.url("cam"), seconds=3.5)
-    first.start()
-    first.join(15)
+    first = _read_when_published(nginx.url("cam"), seconds=2.0)
     nginx.kill()
     time.sleep(1.5)
     nginx.start()
-    time.sleep(1.0)  # the pusher's backoff brings it back
-    second = Reader(nginx.url("cam"), seconds=3.5)
-    second.start()
-    second.join(15)
+    second = _read_when_published(nginx.url("cam"), seconds=2.0)  # the pusher's backoff brings it back
     _, err = push.communicate(timeout=60)
     assert push.returncode == 0, err
     for reader in (first, second):
         pts = [p for p, _ in reader.frames]
-        assert len(pts) >= 20, reader.error  # about 25 frames a second, decodable
+        # Decodable frames in order (up to 25 a second; fewer when a busy machine makes the live
+        # flow drop some: how many is a matter of speed, not of behaviour).
+        assert len(pts) >= 10, reader.error
         assert all(b > a for a, b in zip(pts, pts[1:]))
     assert second.frames[0][0] > first.frames[-1][0]  # the stream went on after the restart
     report = json.loads(stats.read_text())
@@ -178,7 +192,7 @@ def test_rtmp_push_survives_the_server_going_away(nginx, long_clip, tmp_path):
     # Every frame that reached the streamer was either sent or counted as dropped in the gap (the
     # live flow may also drop frames before it when the stages fall behind; those are counted too).
     assert s["frames_written"] + s["frames_dropped"] == report["frames_out"]
-    assert report["frames_out"] + report["frames_dropped"] == 250
+    assert report["frames_out"] + report["frames_dropped"] == 400
     assert "went away" in err and "dropped while a stream was down" in err
 
 
