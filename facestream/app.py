@@ -209,7 +209,7 @@ def build_stages(settings: Settings, *, source: str | Sequence[str], output: str
         encoder_settings = dataclasses.replace(encoder_settings, fragmented=True)
     encoders: list[Encoder] = []
     try:
-        for target in _outputs(output):
+        for target in _listed(output):
             if is_stream_url(target):
                 encoders.append(live_output(encoder_settings, target, backoff_s=i.backoff_s))
             else:
@@ -239,8 +239,6 @@ def build_stages(settings: Settings, *, source: str | Sequence[str], output: str
 def _listed(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
-
-_outputs = _listed
 
 
 def _check_pairs(sources: Sequence[str], targets: Sequence[str]) -> None:
@@ -332,7 +330,7 @@ class Job:
                 "facestream": __version__,
                 "input": redact_url(self.source) if isinstance(self.source, str)
                 else [redact_url(s) for s in self.source],
-                "output": [redact_url(t) for t in _outputs(self.output)] if not isinstance(self.output, str)
+                "output": [redact_url(t) for t in _listed(self.output)] if not isinstance(self.output, str)
                 else redact_url(self.output),
                 "started_at": started,
                 "settings": to_dict(self.settings),
@@ -376,7 +374,7 @@ def prepare_job(
     Raises:
         PipelineError: a setting, the input or the output is wrong (one line for the user).
     """
-    targets = _outputs(output)
+    targets = _listed(output)
     if not targets:
         raise OutputError("no output given")
     sources = _listed(source)
