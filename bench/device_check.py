@@ -179,9 +179,9 @@ def _decode_all(path: Path, device: str, hwaccel: str) -> dict[str, Any]:
     formats: Counter = Counter()
     convert = decoder_module.frame_to_rgb
 
-    def observed(av_frame: Any, upload: Any) -> Any:  # what the decoder hands its conversion
+    def observed(av_frame: Any, *rest: Any) -> Any:  # what the decoder hands its conversion
         formats[av_frame.format.name] += 1
-        return convert(av_frame, upload)
+        return convert(av_frame, *rest)
 
     messages: list[str] = []
 

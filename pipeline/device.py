@@ -78,6 +78,21 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+def limit_gpu_memory(device: torch.device, fraction: float | None) -> None:
+    """Let this process take at most ``fraction`` of ``device``'s memory (``None``: no limit; nothing
+    on the CPU). Beyond it torch raises out-of-memory as if the GPU were that small, which the
+    batched models answer by halving their batches, so a run shares a GPU without taking it all.
+
+    Example:
+        >>> limit_gpu_memory(torch.device("cpu"), 0.5)
+    """
+    if fraction is None or device.type != "cuda":
+        return
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"memory.gpu_fraction must be within (0, 1], got {fraction}")
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
 def cpu_threads(pipelines: int = 1) -> int:
     """Torch's intra-op threads for CPU runs of ``pipelines`` pipelines at once: half the cores of
     each one's share. Every stage already runs in its own thread, so stages keep the cores busy

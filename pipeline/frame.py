@@ -32,6 +32,9 @@ class Frame:
             :class:`~facestream.pipeline.mux.Muxer`); 0 otherwise.
         stream_index: Position of the frame in its own feed (``index`` when the run has one feed).
             Stages that count frames of a sequence (every Nth frame, refresh schedules) count these.
+        ready: On a GPU, a CUDA event recorded after the last work queued on this frame (by the stage
+            that handed it on, on that stage's stream); the next stage's stream waits on it before
+            touching the frame. ``None`` on the CPU. See :mod:`~facestream.pipeline.streams`.
 
     Every field is typed: what one stage hands the next travels here, and nothing flows back.
 
@@ -54,6 +57,7 @@ class Frame:
     timings: dict[str, float] = field(default_factory=dict)
     stream: int = 0
     stream_index: int = -1
+    ready: Any = None
 
     def __post_init__(self) -> None:
         if self.stream_index < 0:

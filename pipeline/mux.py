@@ -74,7 +74,9 @@ class Muxer(Source):
         if not self.sources:
             raise ValueError("a muxer needs at least one source")
         self._ctx = ctx
-        contexts = [RunContext(device=ctx.device, side=SideChannel(), stop=self._stop, log=ctx.log)
+        share = ctx.pinned_bytes // max(1, len(self.sources))  # each feed's uploads take their share
+        contexts = [RunContext(device=ctx.device, side=SideChannel(), stop=self._stop, log=ctx.log,
+                               pinned_bytes=share)
                     for _ in self.sources]
         open_each(list(zip(self.sources, contexts)))
         self._contexts = contexts

@@ -16,10 +16,12 @@ import torch
 
 from .channel import Channel, Policy
 from .config import check, positive
+from .device import limit_gpu_memory
 from .errors import Cancelled, PipelineError, StageError
 from .frame import Frame
 from .metrics import GpuSampler, LatencyHistogram, QueueStats, StageStats, current_rss_mb, peak_rss_mb
 from .stage import RunContext, Sink, Source, Stage, Transform
+from .streams import StageStream
 
 Status = Literal["ok", "error", "interrupted"]
 FlowPolicy = Literal["auto", Policy]
@@ -143,6 +145,9 @@ class Pipeline:
         status_interval_s: How often ``on_progress`` is called.
         on_progress: Receives a :class:`Progress` every ``status_interval_s`` and once at the end.
         drain_timeout_s: After a second interrupt or a failure, how long to wait for threads.
+        pinned_mb: Page-locked host memory the run's transfers may keep (``RunContext.pinned_bytes``).
+        gpu_fraction: On CUDA, the share of the GPU's memory this process may take (torch's caching
+            allocator raises out-of-memory beyond it; see :func:`~facestream.pipeline.device.limit_gpu_memory`).
 
     Example:
         >>> report = Pipeline([decoder, PassThrough(), encoder], device=torch.device("cpu")).run()
@@ -159,6 +164,8 @@ class Pipeline:
         status_interval_s: float = 1.0,
         on_progress: Callable[[Progress], None] | None = None,
         drain_timeout_s: float = 30.0,
+        pinned_mb: int = 256,
+        gpu_fraction: float | None = None,
     ) -> None:
         if len(stages) < 2 or not isinstance(stages[0], Source) or not isinstance(stages[-1], Sink):
             raise ValueError("a pipeline needs a Source first and a Sink last")
@@ -170,7 +177,8 @@ class Pipeline:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.stages = list(stages)
-        self.ctx = RunContext(device=torch.device(device))
+        self.ctx = RunContext(device=torch.device(device), pinned_bytes=int(pinned_mb) << 20)
+        limit_gpu_memory(self.ctx.device, gpu_fraction)
         self.policy = policy
         self.status_interval_s = status_interval_s
         self.on_progress = on_progress
@@ -378,10 +386,11 @@ class Pipeline:
         exc: BaseException | None = None
         frames: tuple[int, int] | None = None
         try:
+            lane = StageStream(self.ctx.device)  # in this thread: it binds the thread to the device
             if isinstance(stage, Source):
-                frames = self._run_source(i, stage, outbox)
+                frames = self._run_source(i, stage, outbox, lane)
             else:
-                frames = self._run_consumer(i, stage, inbox, outbox)
+                frames = self._run_consumer(i, stage, inbox, outbox, lane)
         except Cancelled:
             pass
         except BaseException as e:  # noqa: BLE001 - reported to the orchestrator
@@ -400,7 +409,8 @@ class Pipeline:
             except RuntimeError:  # loop already closed after an abort
                 pass
 
-    def _run_source(self, i: int, stage: Source, outbox: Channel[Frame] | None) -> tuple[int, int] | None:
+    def _run_source(self, i: int, stage: Source, outbox: Channel[Frame] | None,
+                    lane: StageStream) -> tuple[int, int] | None:
         assert outbox is not None
         stats = self.stats[i]
         it = iter(stage.read())
@@ -408,7 +418,9 @@ class Pipeline:
         while True:
             t = time.perf_counter()
             try:
-                frame = next(it)
+                with lane:
+                    frame = next(it)
+                lane.mark(frame)
             except StopIteration:
                 break
             except BaseException as e:
@@ -423,7 +435,7 @@ class Pipeline:
         return None
 
     def _run_consumer(
-        self, i: int, stage: Stage, inbox: Channel[Frame] | None, outbox: Channel[Frame] | None
+        self, i: int, stage: Stage, inbox: Channel[Frame] | None, outbox: Channel[Frame] | None, lane: StageStream
     ) -> tuple[int, int] | None:
         assert inbox is not None
         stats = self.stats[i]
@@ -443,11 +455,14 @@ class Pipeline:
                     continue
             t = time.perf_counter()
             try:
-                if is_sink:
-                    stage.write(batch)  # type: ignore[union-attr]
-                    out = batch
-                else:
-                    out = stage.process(batch)  # type: ignore[union-attr]
+                with lane:
+                    lane.take(batch)
+                    if is_sink:
+                        stage.write(batch)  # type: ignore[union-attr]
+                        out = batch
+                    else:
+                        out = stage.process(batch)  # type: ignore[union-attr]
+                        lane.hand_on(out)
             except BaseException as e:
                 e._pipeline_frames = (batch[0].index, batch[-1].index)  # type: ignore[attr-defined]
                 raise

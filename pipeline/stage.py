@@ -59,6 +59,8 @@ class RunContext:
         streams: One context per feed when the source reads several (filled by a
             :class:`~facestream.pipeline.mux.Muxer`): each feed's own source info and side channel,
             for the sink that writes that feed.
+        pinned_bytes: Page-locked host memory the run's transfers may keep (its source's uploads
+            take three quarters, its sink's downloads a quarter).
     """
 
     device: torch.device
@@ -67,6 +69,7 @@ class RunContext:
     stop: threading.Event = field(default_factory=threading.Event)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger(__package__ or "pipeline"))
     streams: list[RunContext] = field(default_factory=list)
+    pinned_bytes: int = 256 << 20
 
 
 class Stage:

@@ -11,9 +11,10 @@ from fractions import Fraction
 from typing import Any, Literal
 
 import av
+import torch
 
 from facestream.facelib.media.clock import LiveClock
-from facestream.facelib.media.colour import frame_to_rgb
+from facestream.facelib.media.colour import DeviceFrames, frame_to_rgb
 from facestream.facelib.media.demux import Demuxer, open_container, reason
 from facestream.facelib.media.inputs import InputSpec, redact_url, resolve_input
 from facestream.facelib.media.reconnect import Reconnector
@@ -123,6 +124,7 @@ class Decoder(Source):
         self._spec: InputSpec | None = None
         self._ctx: RunContext | None = None
         self._upload: HostToDevice | None = None
+        self._device_frames = DeviceFrames()  # NVDEC frames converted in place, held while that runs
         self._demuxer: Demuxer | None = None
         self._reconnector: Reconnector | None = None
         self._frames: Iterator[Frame] | None = None
@@ -146,7 +148,7 @@ class Decoder(Source):
         # recorded input (a file, a video over HTTP) as if it were arriving live.
         self._feed_live = live
         self._live = live or s.realtime
-        self._upload = HostToDevice(ctx.device)
+        self._upload = HostToDevice(ctx.device, max_bytes=ctx.pinned_bytes * 3 // 4)
         if self._spec.kind in ("image", "images"):
             looped = self._spec.kind == "image"
             stills = Stills(list(self._spec.paths) if not looped else [self._spec.target], fps=s.image_fps,
@@ -189,6 +191,7 @@ class Decoder(Source):
             self._demuxer = None
         if self._srt is not None:
             self._srt.close()
+        self._device_frames.clear()
 
     def report(self) -> dict[str, Any]:
         return {
@@ -259,7 +262,9 @@ class Decoder(Source):
         if "cuda" not in hwdevices_available():
             self._software("this FFmpeg has no CUDA hardware decoding")
             return None
-        return HWAccel(device_type="cuda", device=str(device.index or 0), allow_software_fallback=True)
+        # is_hw_owned: frames stay in GPU memory (PyAV would otherwise copy each one to the host).
+        return HWAccel(device_type="cuda", device=str(device.index or 0), allow_software_fallback=True,
+                       is_hw_owned=True)
 
     def _software(self, why: str) -> None:
         if not self._hw_fallback:
@@ -346,7 +351,8 @@ class Decoder(Source):
                 for rel, av_frame in demuxer.frames(clock, produced=self._index):
                     if self._t_first is None:
                         self._t_first = time.monotonic()
-                    frame = self._frame(int(round(rel / out_tb)), out_tb, frame_to_rgb(av_frame, self._upload))
+                    image = frame_to_rgb(av_frame, self._upload, self._device_frames)
+                    frame = self._frame(int(round(rel / out_tb)), out_tb, image)
                     frame.gap_s, gap = gap, None
                     yield frame
                 if ctx.stop.is_set() or demuxer.ended:
@@ -402,5 +408,8 @@ class Decoder(Source):
 
     def _frame(self, pts: int, tb: Fraction, image: Any) -> Frame:
         frame = Frame(index=self._index, pts=pts, time_base=tb, captured_at=time.time(), image=image)
+        if image.is_cuda:  # the stages after this one wait for the picture's kernels and copies
+            frame.ready = torch.cuda.Event()
+            frame.ready.record()
         self._index += 1
         return frame

@@ -6,7 +6,7 @@ import fcntl
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -24,7 +24,7 @@ from facestream.pipeline.stage import RunContext, Sink
 
 from facestream.facelib.media.audio import AudioWriter
 from facestream.facelib.media.colour import rgb_to_i420, rgb_to_i420_numpy
-from facestream.facelib.media.transfer import to_host
+from facestream.facelib.media.transfer import DeviceToHost, to_host
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,13 @@ class Encoder(Sink):
         self.frames_written = 0
         self.pts_repaired = 0
         self.codec_used: str | None = None
+        self._download = DeviceToHost()  # pictures leave a GPU through a bounded pinned ring
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self, ctx: RunContext) -> None:
         self._ctx = ctx
+        self._download.max_bytes = ctx.pinned_bytes // 4
         info = ctx.source
         if info is None:
             raise OutputError("the encoder needs an open source")
@@ -303,10 +305,8 @@ class Encoder(Sink):
                                       fragmented=self.settings.fragmented)
 
     def write(self, frames: list[Frame]) -> None:
-        for frame in frames:
-            if frame.time < self.write_from_s - 1e-6:
-                continue
-            av_frame = self._to_av(frame.image)
+        kept = [f for f in frames if f.time >= self.write_from_s - 1e-6]
+        for frame, av_frame in zip(kept, self._to_av([f.image for f in kept])):
             pts = int(frame.pts)
             if self._last_pts is not None and pts <= self._last_pts:
                 pts = self._last_pts + 1
@@ -359,20 +359,29 @@ class Encoder(Sink):
 
     # ------------------------------------------------------------------ helpers
 
-    def _to_av(self, image: torch.Tensor) -> av.VideoFrame:
+    def _fit(self, image: torch.Tensor) -> torch.Tensor:
         w, h = self._size
         if image.shape[0] != h or image.shape[1] != w:
             if image.shape[0] >= h and image.shape[1] >= w and image.shape[0] - h <= 1 and image.shape[1] - w <= 1:
                 image = image[:h, :w]
             else:  # the source changed size mid-stream (e.g. after a reconnect)
                 image = torch.from_numpy(cv2.resize(to_host(image), (w, h), interpolation=cv2.INTER_AREA))
+        return image
+
+    def _to_av(self, images: list[torch.Tensor]) -> Iterator[av.VideoFrame]:
+        """The pictures as frames to encode, in order. From a GPU each leaves the device once, as
+        I420 (1.5 bytes a pixel) converted there, through the pinned ring: the next pictures'
+        conversions and copies are queued while this one is encoded."""
+        images = [self._fit(image) for image in images]
         if self.settings.pix_fmt != "yuv420p":
-            return av.VideoFrame.from_ndarray(np.ascontiguousarray(to_host(image)), format="rgb24")
-        if image.device.type == "cuda":
-            i420 = to_host(rgb_to_i420(image))
+            for rgb in self._download.download(images):
+                yield av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        elif images and images[0].is_cuda:
+            for i420 in self._download.download(images, rgb_to_i420):
+                yield av.VideoFrame.from_ndarray(i420, format="yuv420p")  # a copy: the buffer is reused
         else:
-            i420 = rgb_to_i420_numpy(to_host(image))
-        return av.VideoFrame.from_ndarray(i420, format="yuv420p")
+            for image in images:
+                yield av.VideoFrame.from_ndarray(rgb_to_i420_numpy(to_host(image)), format="yuv420p")
 
     def _mux_side(self, until: float | None) -> None:
         assert self._ctx is not None

@@ -30,6 +30,8 @@ class PreviewFrame:
         captured_at: When it was decoded or captured (``time.time()``).
         image: The picture, ``(H, W, 3)`` uint8 RGB, where the run left it (CPU or GPU).
         feed: The feed it came from (``Frame.stream``: 0 for a run with one input).
+        ready: The frame's CUDA event (``Frame.ready``): a viewer's thread waits on it before reading
+            the picture, which other streams wrote.
     """
 
     seq: int
@@ -38,6 +40,7 @@ class PreviewFrame:
     captured_at: float
     image: torch.Tensor
     feed: int = 0
+    ready: Any = None
 
 
 class Preview(Sink):
@@ -123,7 +126,7 @@ class Preview(Sink):
             self._seq += len(frames)
             for feed, f in newest.items():
                 seq = self._seqs[feed] = self._seqs.get(feed, 0) + counts[feed]
-                self._latest[feed] = PreviewFrame(seq, f.stream_index, f.time, f.captured_at, f.image, feed)
+                self._latest[feed] = PreviewFrame(seq, f.stream_index, f.time, f.captured_at, f.image, feed, f.ready)
 
     def close(self) -> None:
         self.finish()
@@ -156,6 +159,8 @@ class Preview(Sink):
             cached = self._rgb.get(frame.feed)
             if cached is not None and cached[0] == frame.seq:
                 return cached[1]
+            if frame.ready is not None:
+                frame.ready.synchronize()
             array = np.ascontiguousarray(to_host(frame.image))
             self._rgb[frame.feed] = (frame.seq, array)
             return array

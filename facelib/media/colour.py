@@ -9,6 +9,7 @@ block: an unmodified pixel's chroma survives a decode-encode round trip exactly.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import cv2
@@ -66,9 +67,37 @@ def i420_to_rgb(i420: torch.Tensor) -> torch.Tensor:
 
 
 def nv12_to_rgb(y: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """NV12 planes ``(H, W)`` and ``(H/2, W)`` (interleaved U, V) -> ``(H, W, 3)`` RGB."""
+    """NV12 planes ``(H, W)`` and ``(H/2, W)`` or ``(H/2, W/2, 2)`` (interleaved U, V) -> ``(H, W, 3)`` RGB.
+
+    16-bit planes (P010/P016: the sample in the high bits, as NVDEC gives 10-bit video) are rounded
+    to 8 bits first, so 10-bit video takes the same arithmetic as 8-bit.
+    """
+    y, uv = to_8bit(y), to_8bit(uv)
     uv = uv.reshape(uv.shape[0], -1, 2)
     return yuv_to_rgb(y, uv[..., 0], uv[..., 1])
+
+
+def to_8bit(plane: torch.Tensor) -> torch.Tensor:
+    """A uint8 plane as is; a 16-bit one (sample in the high bits) rounded to its top 8 bits.
+
+    Example:
+        >>> to_8bit(torch.tensor([0, 0x3FF << 6, 512 << 6], dtype=torch.uint16)).tolist()
+        [0, 255, 128]
+    """
+    if plane.dtype == torch.uint8:
+        return plane
+    return ((plane.to(torch.int32) + 128) >> 8).clamp_(max=255).to(torch.uint8)
+
+
+def planes(av_frame: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two planes of an NV12/P010 ``av.VideoFrame`` as tensors, without a copy (DLPack).
+
+    NVDEC frames decoded with ``is_hw_owned`` stay in GPU memory and come out as CUDA tensors on the
+    decoder's GPU. PyAV exports a frame's plane only without a stream argument, so the capsule is
+    taken here and handed to torch (``torch.from_dlpack(plane)`` would pass torch's stream).
+    """
+    return (torch.from_dlpack(av_frame.planes[0].__dlpack__()),
+            torch.from_dlpack(av_frame.planes[1].__dlpack__()))
 
 
 def rgb_to_i420(rgb: torch.Tensor) -> torch.Tensor:
@@ -84,19 +113,50 @@ def rgb_to_i420(rgb: torch.Tensor) -> torch.Tensor:
     return out.reshape(h * 3 // 2, w)
 
 
-def frame_to_rgb(av_frame: Any, upload: HostToDevice) -> torch.Tensor:
+class DeviceFrames:
+    """Converts NVDEC's frames where they lie, and keeps each alive until the kernels that read it ran.
+
+    FFmpeg writes NVDEC's output on CUDA's legacy default stream and reuses a frame's memory as soon
+    as PyAV lets the frame go, while torch's streams do not wait for the legacy stream. So the
+    converting (current) stream first waits on the legacy stream, and each frame's planes are held
+    until an event recorded after its conversion has passed (at most ``depth`` frames in flight).
+    """
+
+    def __init__(self, depth: int = 4) -> None:
+        self.depth = depth
+        self._held: deque[tuple[Any, tuple[torch.Tensor, ...]]] = deque()
+
+    def to_rgb(self, av_frame: Any) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 RGB on the frame's GPU, queued on the current stream."""
+        y, uv = planes(av_frame)
+        stream = torch.cuda.current_stream(y.device)
+        stream.wait_stream(torch.cuda.default_stream(y.device))
+        rgb = nv12_to_rgb(y, uv)
+        done = torch.cuda.Event()
+        done.record(stream)
+        self._held.append((done, (y, uv)))
+        while self._held and (len(self._held) > self.depth or self._held[0][0].query()):
+            self._held.popleft()[0].synchronize()
+        return rgb
+
+    def clear(self) -> None:
+        """Wait for every conversion in flight and let their frames go."""
+        while self._held:
+            self._held.popleft()[0].synchronize()
+
+
+def frame_to_rgb(av_frame: Any, upload: HostToDevice, nvdec: DeviceFrames | None = None) -> torch.Tensor:
     """A decoded ``av.VideoFrame`` as ``(H, W, 3)`` uint8 RGB on ``upload``'s device.
 
     Even-sized limited-range I420 takes OpenCV's SIMD path on the CPU (the I420 planes are uploaded
-    and converted on a GPU); NVDEC frames convert on the device without a host copy; anything else
-    goes through swscale.
+    and converted on a GPU); NVDEC frames (``cuda``: NV12, or P010 for 10-bit video) convert on
+    their GPU from the decoder's own memory, with no host copy (``nvdec`` keeps them alive while
+    that runs); anything else goes through swscale.
     """
     fmt = av_frame.format.name
     if fmt == "cuda":
-        y = torch.from_dlpack(av_frame.planes[0])
-        uv = torch.from_dlpack(av_frame.planes[1])
-        h, w = av_frame.height, av_frame.width
-        return nv12_to_rgb(y[:h, :w], uv[: h // 2, :w]).to(upload.device)
+        rgb = (nvdec or DeviceFrames(depth=0)).to_rgb(av_frame)
+        return rgb.to(upload.device)
     if fmt == "yuv420p" and av_frame.width % 2 == 0 and av_frame.height % 2 == 0 and av_frame.color_range != 2:
         i420 = av_frame.to_ndarray()
         if upload.device.type == "cpu":

@@ -9,6 +9,7 @@ early. Pinned memory is bounded: shapes not seen for a while give their buffers 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -111,6 +112,92 @@ class HostToDevice:
         dev.record_stream(compute)
         self.buffers.release(host, event)
         return dev
+
+
+class DeviceToHost:
+    """Brings device tensors to the host through a bounded ring of pinned buffers, copies queued ahead.
+
+    :meth:`download` queues the copies of up to ``slots`` tensors at once on the current stream and
+    hands out each host array as its copy finishes, so the host works on one (an encoder encoding
+    it) while the next ones are still being prepared and copied. Pinned memory is at most
+    ``max_bytes`` (fewer slots for large pictures; a picture larger than that is copied from
+    pageable memory, blocking). On the CPU the arrays are views, nothing is copied.
+
+    Args:
+        slots: Copies in flight at most.
+        max_bytes: Pinned memory at most.
+        pin: Pin the buffers (on by default; off only to check the ring's logic on the CPU).
+
+    Example:
+        >>> down = DeviceToHost(slots=2, pin=False)
+        >>> [a.tolist() for a in down.download([torch.tensor([1]), torch.tensor([2])], force=True)]
+        [[1], [2]]
+    """
+
+    def __init__(self, *, slots: int = 4, max_bytes: int = 64 << 20, pin: bool = True) -> None:
+        self.slots = slots
+        self.max_bytes = max_bytes
+        self.pin = pin
+        self._free: list[torch.Tensor] = []
+        self._key: tuple[tuple[int, ...], torch.dtype] | None = None
+        self.allocated = 0  # buffers made for the current shape
+
+    def download(self, tensors: Iterable[torch.Tensor], prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 *, force: bool = False) -> Iterator[np.ndarray]:
+        """``prepare(t)`` (default: ``t``) of each tensor as a host array, in order.
+
+        Each array is valid until the next one is asked for (its buffer is then reused); copy what
+        must outlive that. ``force`` takes the ring on the CPU too (to check it there).
+        """
+        pending: deque[tuple[torch.Tensor, bool, object]] = deque()  # host array, from the ring, fence
+        source = iter(tensors)
+
+        def start() -> bool:
+            tensor = next(source, None)
+            if tensor is None:
+                return False
+            if prepare is not None:
+                tensor = prepare(tensor)
+            if tensor.device.type == "cpu" and not force:
+                pending.append((tensor, False, None))
+                return True
+            host = self._buffer(tuple(tensor.shape), tensor.dtype)
+            if host is None:  # no room in the budget: one blocking copy from pageable memory
+                pending.append((tensor.to("cpu", copy=True), False, None))
+                return True
+            host.copy_(tensor, non_blocking=True)
+            fence = None
+            if tensor.is_cuda:
+                fence = torch.cuda.Event()
+                fence.record()
+            pending.append((host, True, fence))
+            return True
+
+        while len(pending) < self.slots and start():
+            pass
+        while pending:
+            host, ringed, fence = pending.popleft()
+            if fence is not None:
+                fence.synchronize()  # type: ignore[attr-defined]
+            yield host.numpy()
+            if ringed and self._key == (tuple(host.shape), host.dtype):
+                self._free.append(host)  # the caller is done with it: the next copy may reuse it
+            start()
+
+    def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes > self.max_bytes:
+            return None
+        if self._key != (shape, dtype):  # a new picture size: the old buffers go
+            self._free.clear()
+            self._key = (shape, dtype)
+            self.allocated = 0
+        if self._free:
+            return self._free.pop()
+        if self.allocated >= max(1, min(self.slots, self.max_bytes // nbytes)):
+            return None
+        self.allocated += 1
+        return torch.empty(shape, dtype=dtype, pin_memory=self.pin)
 
 
 def to_device(data: np.ndarray | list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
