@@ -58,7 +58,7 @@ def analysis_stages(
     d, flow, sel, ids, tr = settings.detector, settings.flow, settings.select, settings.identity, settings.tracker
     models = settings.models
     batch = {"batch_size": flow.batch_size, "max_wait_ms": flow.max_wait_ms}
-    stages: list[Stage] = [Detector(d, models=models, **batch)]
+    stages: list[Stage] = [Detector(d, models=models, max_side=settings.memory.detect_max_side, **batch)]
     if not tr.on and (sel.mode != "all" or d.every > 1):
         raise ConfigError("face selection other than 'all', and detector.every > 1, need the tracker",
                           key="tracker.enabled")
@@ -414,6 +414,8 @@ def prepare_job(
         queue_size=settings.flow.queue_size,
         status_interval_s=settings.stats.interval_s,
         on_progress=progress if progress is not None else ProgressPrinter(settings.stats.progress),
+        pinned_mb=settings.memory.pinned_mb,
+        gpu_fraction=settings.memory.gpu_fraction,
     )
     return Job(pipeline, settings, source, output, stats_path)
 

@@ -31,7 +31,7 @@ from facestream.stages.tracker import TrackerSettings
 
 __all__ = [
     "AnnotateSettings", "AnonymizeSettings", "BlendSettings", "DecoderSettings", "DetectorSettings",
-    "EmbedderSettings", "EncoderSettings", "FlowSettings", "IdentitySettings", "LandmarkerSettings", "MapEntry",
+    "EmbedderSettings", "EncoderSettings", "FlowSettings", "IdentitySettings", "LandmarkerSettings", "MapEntry", "MemorySettings",
     "ModelSettings", "OutputSettings", "SelectSettings", "Settings", "StatsSettings", "SwapSettings",
     "TrackerSettings", "list_presets", "load_settings", "preset_path",
 ]
@@ -73,6 +73,40 @@ class StatsSettings:
 
 
 @dataclass
+class MemorySettings:
+    """How much memory a run may take (the ``memory`` section).
+
+    Attributes:
+        gpu_fraction: Share of the GPU's memory this run may use (``None``: all of it). Beyond it a
+            model's batch is halved and retried, as on running out of the whole GPU (the halvings
+            are counted in the statistics).
+        pinned_mb: Page-locked host memory for moving pictures to and from the GPU.
+        faces_per_forward: Most faces one swapper forward takes (default: 8 on a GPU, 4 on a CPU);
+            a batch with more faces runs in slices.
+        detect_max_side: Pictures whose longer side is larger than this are detected on a copy
+            scaled down to it; the faces are then aligned, swapped and blended at full resolution
+            (0: always detect at full size).
+
+    Example:
+        >>> MemorySettings(gpu_fraction=0.5).gpu_fraction
+        0.5
+    """
+
+    gpu_fraction: float | None = None
+    pinned_mb: int = 256
+    faces_per_forward: int | None = None
+    detect_max_side: int = 3840
+
+    def __post_init__(self) -> None:
+        check(self.gpu_fraction is None or 0 < self.gpu_fraction <= 1, "gpu_fraction", self.gpu_fraction,
+              "must be within (0, 1]")
+        check(self.pinned_mb >= 0, "pinned_mb", self.pinned_mb, "must be >= 0")
+        check(self.detect_max_side == 0 or self.detect_max_side >= 64, "detect_max_side", self.detect_max_side,
+              "must be 0 (off) or at least 64")
+        positive(self, "faces_per_forward")
+
+
+@dataclass
 class Settings:
     """A whole preset.
 
@@ -104,6 +138,7 @@ class Settings:
     blend: BlendSettings = field(default_factory=BlendSettings)
     anonymize: AnonymizeSettings = field(default_factory=AnonymizeSettings)
     annotate: AnnotateSettings = field(default_factory=AnnotateSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
 
     def __post_init__(self) -> None:
         if self.select.mode == "reference" and not self.select.references:

@@ -9,6 +9,7 @@ from facestream.facelib.models.factory import ModelSettings, RecognizerBackend, 
 from facestream.facelib.tracking.identity import EmbedSchedule
 from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext, Transform
+from facestream.facelib.models.shared import halvings
 
 
 @dataclass
@@ -93,4 +94,5 @@ class Embedder(Transform):
 
     def report(self) -> dict[str, Any]:
         return {"faces": self.faces_seen, "embedded": self.faces_embedded,
-                "embedded_share": round(self.faces_embedded / self.faces_seen, 3) if self.faces_seen else None}
+                "embedded_share": round(self.faces_embedded / self.faces_seen, 3) if self.faces_seen else None,
+                "memory_halvings": halvings(self._backend)}

@@ -13,6 +13,7 @@ from facestream.pipeline.config import positive
 from facestream.pipeline.errors import ConfigError
 from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext, Transform
+from facestream.facelib.models.shared import halvings
 
 
 Kind = Literal["inswapper", "builtin", AnonymizerStyle]
@@ -195,6 +196,7 @@ class Generator(Transform):
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "faces": self.faces_generated, "model": self.model_file,
                                "implausible_skipped": self.implausible_skipped, "turned_skipped": self.turned_skipped}
+        out["memory_halvings"] = halvings(self._model)
         if getattr(self._model, "fell_back", False):
             out["precision_fallback"] = True
         return out

@@ -11,6 +11,7 @@ from facestream.facelib.models.factory import LandmarkBackend, LandmarkKind, Mod
 from facestream.facelib.tracking.smoothing import OneEuroBank
 from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext, Transform
+from facestream.facelib.models.shared import halvings
 
 
 @dataclass
@@ -99,4 +100,4 @@ class Landmarker(Transform):
                 face.landmarks = lm
 
     def report(self) -> dict[str, Any]:
-        return {"kind": self.kind, "faces": self.faces_done}
+        return {"kind": self.kind, "faces": self.faces_done, "memory_halvings": halvings(self._backend)}

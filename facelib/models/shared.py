@@ -104,6 +104,20 @@ class Pool:
         return call
 
 
+def halvings(model: Any) -> int:
+    """How often a model (or every copy of a pooled one) halved a batch after running out of device
+    memory: its :class:`~facestream.facelib.models.engines.BatchSplitter`'s retries (0 for models
+    without one).
+
+    Example:
+        >>> halvings(object())
+        0
+    """
+    if isinstance(model, Pool):
+        return sum(halvings(copy) for copy in model._all if copy is not None)
+    return int(getattr(getattr(model, "split", None), "retries", 0))
+
+
 @contextmanager
 def sharing(*, cpu_copies: int = 1) -> Iterator[None]:
     """Within this block, :func:`shared` lends pooled models (nestable; the outermost block's
