@@ -16,6 +16,7 @@ from ..ops.align import crop_transform, estimate_norm, invert_affine, transform_
 from ..ops.detection import anchor_centers, greedy_nms_rounds, largest_central_rank, suppressors
 from ..ops.image import letterbox
 from .engines import BatchSplitter, create_engine
+from .factory import DEFAULT_BUCKETS
 from .packs import load_checked
 
 
@@ -25,8 +26,10 @@ class EngineOptions:
 
     onnxruntime's worker threads do not spin by default here: several stages run models side by
     side, and a spinning idle session takes the cores the others need (``models.spin``). ``tf32``:
-    TensorFloat-32 for float32 on CUDA (torch engine; process-wide). ``tensorrt_cache``: a folder
-    for TensorRT's engines (onnxruntime; TensorRT is not used without one)."""
+    TensorFloat-32 for float32 on CUDA (torch engine; process-wide). ``tensorrt_cache``: the folder
+    for TensorRT's engine and timing caches (the tensorrt engine; the onnxruntime engine uses
+    TensorRT only given one). ``buckets``: the batch sizes batches are padded to (torch on CUDA,
+    tensorrt). ``cuda_graphs``: the torch engine on CUDA replays fixed shapes as CUDA graphs."""
 
     engine: str = "onnxruntime"
     device: torch.device = torch.device("cpu")
@@ -36,6 +39,8 @@ class EngineOptions:
     spin: bool = False
     tf32: bool = False
     tensorrt_cache: str | None = None
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    cuda_graphs: bool = True
 
     def create(self, role: str, path: Path, model: onnx.ModelProto):  # noqa: ANN201 - an Engine
         providers = self.providers
@@ -45,7 +50,8 @@ class EngineOptions:
             return create_engine(
                 path, engine=self.engine, device=self.device, dtype=self.dtype,  # type: ignore[arg-type]
                 providers=providers, threads=self.threads, model=model, spin=self.spin,
-                tf32=self.tf32, tensorrt_cache=self.tensorrt_cache,
+                tf32=self.tf32, tensorrt_cache=self.tensorrt_cache, buckets=self.buckets,
+                cuda_graphs=self.cuda_graphs,
             )
         except ValueError as exc:  # UnsupportedOperatorError included: its message suggests onnxruntime
             from facestream.pipeline.errors import ModelError

@@ -7,7 +7,7 @@ the matrix taking frame pixels to crop pixels; the blender pastes it back.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
@@ -62,11 +62,10 @@ class InSwapper:
 
     The source latent of each identity is ``normalise(normalise(embedding) @ emap)``, computed once.
     Target crops are aligned to the ArcFace template shifted for 128-pixel crops (insightface's
-    ``norm_crop2``), RGB / 255. With float16/bfloat16 (torch engine), the first batch is also run in
-    float32 and compared; non-finite or far-off output switches back to float32 with one warning.
+    ``norm_crop2``), RGB / 255. With float16/bfloat16 (torch engine), the engine checks the first
+    batch against float32, and any later output that is not finite; non-finite or far-off output
+    switches to float32 with one warning (see :class:`~.engines.TorchEngine`).
     """
-
-    TOLERANCE = 0.03  # largest acceptable |reduced - float32| as a share of the output's range
 
     def __init__(self, path: Path, options: EngineOptions) -> None:
         model, sig = load_checked("swapper", path)
@@ -78,9 +77,6 @@ class InSwapper:
         if self.emap.ndim != 2 or self.emap.shape[0] != self.emap.shape[1]:
             raise ModelError(f"models.swapper: {path.name}: its last initializer is {self.emap.shape}, not a square emap")
         self.latents: dict[str, np.ndarray] = {}
-        self._reduced = options.engine == "torch" and options.dtype != "float32"
-        self._checked = not self._reduced
-        self.fell_back = False
         self.split = BatchSplitter(name="swapper")
 
     def set_sources(self, embeddings: dict[str, np.ndarray]) -> None:
@@ -111,26 +107,14 @@ class InSwapper:
         crops = (pred.clamp(0, 1) * 255.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return [Generated(c, m, a, "inswapper") for c, m, a in zip(crops, matrices, aligned)]
 
+    @property
+    def fell_back(self) -> bool:
+        """Whether reduced precision fell short and the swapper runs in float32."""
+        return bool(getattr(self.engine, "fell_back", False))
+
     def _run(self, blob: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         (pred,) = self.engine(target=blob, source=latent)
-        if self._reduced and (not self._checked or not bool(torch.isfinite(pred).all())):
-            self._checked = True
-            full = self._float32_engine()
-            (ref,) = full(target=blob, source=latent)
-            span = float((ref.max() - ref.min()).clamp(min=1e-6))
-            err = float((pred - ref).abs().max()) / span if bool(torch.isfinite(pred).all()) else float("inf")
-            if err > self.TOLERANCE:
-                log.warning(
-                    "swapper: %s output differs from float32 by %.1f%% of its range; using float32",
-                    self.options.dtype, 100 * err if err != float("inf") else float("inf"),
-                )
-                self.engine, self._reduced, self.fell_back = full, False, True
-                return ref
         return pred
-
-    def _float32_engine(self):  # noqa: ANN202 - an Engine
-        model, _ = load_checked("swapper", self.path)
-        return replace(self.options, dtype="float32").create("swapper", self.path, model)
 
 
 # ---------------------------------------------------------------------------------------------- builtin

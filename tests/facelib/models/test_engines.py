@@ -175,7 +175,7 @@ def test_bad_arguments(paths: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="float32"):
         create_engine(paths["arcface"], engine="onnxruntime", dtype="float16")
     with pytest.raises(ValueError, match="engine must be"):
-        create_engine(paths["arcface"], engine="tensorrt")  # type: ignore[arg-type]
+        create_engine(paths["arcface"], engine="tensorflow")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dtype must be"):
         create_engine(paths["arcface"], engine="torch", dtype="int8")  # type: ignore[arg-type]
 
