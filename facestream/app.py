@@ -152,7 +152,7 @@ def swap_stages(settings: Settings, device: torch.device) -> tuple[list[Stage], 
 
         people = embed_people(swap_models, device, sources)
     stages.append(Generator(kind=kind, models=swap_models, sources=sources, builtin_size=sw.builtin_size,
-                            people=people, **batch))
+                            people=people, faces_per_forward=settings.memory.faces_per_forward, **batch))
     stages.append(blender_stage(settings))
     return stages, model_name
 

@@ -97,6 +97,7 @@ class Generator(Transform):
         strength: Anonymisers: 1 hides faces from detectors; more is stronger.
         builtin_size: Side of the builtin swapper's crops.
         batch_size, max_wait_ms: Frames per batch and longest wait for a batch to fill.
+        faces_per_forward: The swapper model's most faces a forward (``None``: its default).
 
     Example:
         >>> Generator(kind="pixelate", strength=2.0).kind
@@ -116,6 +117,7 @@ class Generator(Transform):
         people: dict[str, np.ndarray] | None = None,
         batch_size: int = 1,
         max_wait_ms: float = 0.0,
+        faces_per_forward: int | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -133,6 +135,7 @@ class Generator(Transform):
         self.builtin_size = builtin_size
         self.batch_size = batch_size
         self.max_wait_ms = max_wait_ms
+        self.faces_per_forward = faces_per_forward
         self._model: Any = None
         self.faces_generated = 0
         self.implausible_skipped = 0
@@ -152,6 +155,7 @@ class Generator(Transform):
                              device=str(ctx.device))
             swapper.set_sources(self.people if self.people is not None
                                 else embed_people(self.models, ctx.device, self.sources))
+            swapper.set_forward_faces(self.faces_per_forward)
             self._model = swapper
         elif self.kind == "builtin":
             from facestream.facelib.models.swappers import BuiltinSwapper

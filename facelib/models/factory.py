@@ -120,9 +120,9 @@ class ModelSettings:
         check(self.cuda_graphs in ("auto", True, False), "cuda_graphs", self.cuda_graphs, "must be auto, true or false")
 
     def options(self, device: torch.device) -> EngineOptions:
+        """How this run's models run on ``device``."""
         from .insightface_pack import EngineOptions
 
-        """How this run's models run on ``device``."""
         engine = self.engine if self.engine != "auto" else ("torch" if device.type == "cuda" else "onnxruntime")
         dtype = self.dtype or ("float16" if engine == "tensorrt" else "float32")
         cache = self.cache_dir if self.cache_dir is not None else str(default_tensorrt_cache())

@@ -89,6 +89,11 @@ class InSwapper:
     # activations are smaller (the group-shot benchmark's peak: about 60 MB less than with 8).
     FORWARD_FACES = 8
     FORWARD_FACES_CPU = 4
+    forward_faces: int | None = None  # ``memory.faces_per_forward``: overrides both
+
+    def set_forward_faces(self, most: int | None) -> None:
+        """At most ``most`` faces a forward (``None``: the defaults above)."""
+        self.forward_faces = most
 
     def generate(self, frames: list[torch.Tensor], frame_of: list[int], faces: list) -> list[Generated]:
         if not faces:
@@ -101,7 +106,7 @@ class InSwapper:
         # At most FORWARD_FACES faces a forward: the activations of one forward (and the engine's
         # memory arena, which keeps its largest) stay bounded however many faces a batch holds;
         # fewer after running out of device memory.
-        most = self.FORWARD_FACES if device.type == "cuda" else self.FORWARD_FACES_CPU
+        most = self.forward_faces or (self.FORWARD_FACES if device.type == "cuda" else self.FORWARD_FACES_CPU)
         (pred,) = self.split(lambda b, s: [self._run(b, s)], blob, latent, most=most)
         # insightface: clip(255 * x, 0, 255) truncated to uint8.
         crops = (pred.clamp(0, 1) * 255.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)

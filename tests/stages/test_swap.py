@@ -334,9 +334,13 @@ def test_faces_beyond_one_forward_are_swapped_in_chunks_with_the_same_result(pac
     whole.set_sources({"s": np.ones(512, np.float32)})
     chunked = InSwapper(pack / "inswapper_128.onnx", EngineOptions(engine="onnxruntime"))
     chunked.set_sources({"s": np.ones(512, np.float32)})
-    whole.FORWARD_FACES_CPU, chunked.FORWARD_FACES_CPU = 100, 4
+    whole.set_forward_faces(100)
+    chunked.set_forward_faces(4)  # memory.faces_per_forward
+    sizes: list[int] = []
+    engine = chunked.engine
+    chunked.engine = lambda **feeds: sizes.append(len(feeds["target"])) or engine(**feeds)
     a = whole.generate([image], [0] * len(faces), faces)
     b = chunked.generate([image], [0] * len(faces), faces)
-    assert len(a) == len(b) == 18
+    assert len(a) == len(b) == 18 and sizes == [4, 4, 4, 4, 2]
     for x, y in zip(a, b, strict=True):
         assert (x.crop.int() - y.crop.int()).abs().max() <= 1
