@@ -45,7 +45,7 @@ WHEELS = ROOT / "bench" / ".wheels"
 STEPS = ("environment", "needs_cuda_tests", "nvdec", "sync_audit", "bench_gpu")
 # Each step's share of the budget; a step also gets whatever earlier steps left unused.
 BUDGET_S = 360.0
-SHARES = {"environment": 0.05, "needs_cuda_tests": 0.25, "nvdec": 0.10, "sync_audit": 0.15, "bench_gpu": 0.45}
+SHARES = {"environment": 0.05, "needs_cuda_tests": 0.30, "nvdec": 0.10, "sync_audit": 0.15, "bench_gpu": 0.40}
 # What the device machine lacks (KINDS.md lists what it has): carried as wheels. ``setuptools`` and
 # ``wheel`` (which needs ``packaging``) build the project's editable install offline.
 CARRIED = ("av", "insightface==2.1", "setuptools>=68", "wheel", "packaging")
