@@ -410,6 +410,6 @@ class Decoder(Source):
         frame = Frame(index=self._index, pts=pts, time_base=tb, captured_at=time.time(), image=image)
         if image.is_cuda:  # the stages after this one wait for the picture's kernels and copies
             frame.ready = torch.cuda.Event()
-            frame.ready.record()
+            frame.ready.record(torch.cuda.current_stream(image.device))
         self._index += 1
         return frame

@@ -169,7 +169,7 @@ class DeviceToHost:
             fence = None
             if tensor.is_cuda:
                 fence = torch.cuda.Event()
-                fence.record()
+                fence.record(torch.cuda.current_stream(tensor.device))
             pending.append((host, True, fence))
             return True
 
