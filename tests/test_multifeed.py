@@ -70,7 +70,11 @@ def test_four_live_feeds_on_one_pipeline_one_killed_while_the_others_go_on(tmp_p
         # how many is a matter of speed, not of behaviour).
         assert got.frames == per_feed[k]["frames_out"] >= 5
         assert got.video_times[0] < 2.0 and got.video_times[-1] > want.video_times[-1] - 0.5
-        assert per_feed[k]["frames_in"] == want.frames == per_feed[k]["frames_out"] + per_feed[k]["frames_dropped"]
+        # Frames are dropped in two places: by the muxer, whose queue per feed overflows first, and
+        # by the pipeline's channels; the two counts together account for every frame of the file.
+        read = per_feed[k]["frames_in"] + report["stages"]["muxer"]["feeds"][k]["dropped"]
+        assert read == want.frames
+        assert per_feed[k]["frames_in"] == per_feed[k]["frames_out"] + per_feed[k]["frames_dropped"]
         # Its own frame rate: the written frames keep their feed's timestamps.
         steps = {round(b - a, 3) for a, b in zip(got.video_times, got.video_times[1:])}
         assert min(steps) == pytest.approx(1 / rates[k], abs=2e-3)
