@@ -23,7 +23,7 @@ from facestream.pipeline.frame import Frame
 from facestream.pipeline.stage import RunContext, Sink
 
 from facestream.facelib.media.audio import AudioWriter
-from facestream.facelib.media.colour import rgb_to_i420, rgb_to_i420_numpy
+from facestream.facelib.media.colour import NV12Frames, device_frames_supported, rgb_to_i420, rgb_to_i420_numpy
 from facestream.facelib.media.transfer import DeviceToHost, to_host
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,36 @@ def hardware_encoder_opens(codec: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def encoder_takes_device_frames(codec: str, width: int, height: int, options: tuple[tuple[str, str], ...],
+                                device_index: int) -> bool:
+    """True if ``codec`` encodes CUDA frames from device memory with these settings on this GPU.
+
+    One black frame of the real size and options goes through a throwaway session, so a failure
+    shows before the run's first frame and the frames go through host memory instead.
+    """
+    if not device_frames_supported():
+        log.warning("encoder: this PyAV cannot hand GPU frames to %s (needs av>=18.1); frames go through "
+                    "host memory", codec)
+        return False
+    try:
+        with torch.cuda.device(device_index):
+            ctx = av.CodecContext.create(codec, "w")
+            ctx.width, ctx.height, ctx.pix_fmt = width, height, "cuda"
+            ctx.time_base = Fraction(1, 30)
+            ctx.options = dict(options)
+            black = torch.zeros((height, width, 3), dtype=torch.uint8, device=torch.device("cuda", device_index))
+            frame = NV12Frames().frame(black)
+            frame.pts = 0
+            ctx.encode(frame)
+            ctx.encode(None)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means "use the host path"
+        log.warning("encoder: %s does not take frames from GPU memory here (%s); frames go through host memory",
+                    codec, exc)
+        return False
+
+
 def pick_video_codec(codec: str, container: str, device: torch.device) -> str:
     """Resolve ``auto`` and fall back from a hardware encoder that does not open."""
     if codec == "auto":
@@ -174,6 +204,7 @@ class Encoder(Sink):
         self.pts_repaired = 0
         self.codec_used: str | None = None
         self._download = DeviceToHost()  # pictures leave a GPU through a bounded pinned ring
+        self._nv12: NV12Frames | None = None  # set where NVENC takes the pictures from GPU memory
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,13 +258,14 @@ class Encoder(Sink):
             self._open_audio(info.side_streams)
             for key, value in {**info.metadata, **self.metadata}.items():
                 self._container.metadata[key] = str(value)
-            if codec.endswith("_nvenc"):
+            if codec.endswith("_nvenc") and self._nv12 is None:
                 # Open the hardware encoder now, with the real size and options: a GPU that cannot
                 # take them falls back here rather than failing at the first frame.
                 self._container.start_encoding()
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             self._container.close()
             self._container = None
+            self._nv12 = None
             if not codec.endswith("_nvenc"):
                 raise
             log.warning("encoder: %s does not open for this output (%s); using libx264 instead", codec, exc)
@@ -290,6 +322,14 @@ class Encoder(Sink):
         options = _codec_options(codec, self.settings.crf, self.settings.preset, self.settings.tune)
         options.update(self.settings.options)
         stream.options = options
+        device = self._ctx.device if self._ctx is not None else torch.device("cpu")
+        if (codec.endswith("_nvenc") and device.type == "cuda" and self.settings.pix_fmt == "yuv420p"
+                and encoder_takes_device_frames(codec, w, h, tuple(sorted(options.items())),
+                                                device.index if device.index is not None else torch.cuda.current_device())):
+            # NVENC reads the pictures where they lie; the session opens with the first frame, whose
+            # frames context it adopts (the probe above opened one with the same settings).
+            stream.pix_fmt = "cuda"
+            self._nv12 = NV12Frames()
         cc = stream.codec_context
         cc.color_range = 1  # our RGB->YUV conversion writes limited range
         for key, value in info.colour.items():
@@ -353,6 +393,7 @@ class Encoder(Sink):
             "codec": self.codec_used,
             "frames_written": self.frames_written,
             "pts_repaired": self.pts_repaired,
+            "frames_from": "device" if self._nv12 is not None else "host",
             "audio_streams": self._audio.describe() if self._audio is not None else [],
             "bytes": os.path.getsize(self.path) if os.path.exists(self.path) else 0,
         }
@@ -369,11 +410,16 @@ class Encoder(Sink):
         return image
 
     def _to_av(self, images: list[torch.Tensor]) -> Iterator[av.VideoFrame]:
-        """The pictures as frames to encode, in order. From a GPU each leaves the device once, as
-        I420 (1.5 bytes a pixel) converted there, through the pinned ring: the next pictures'
-        conversions and copies are queued while this one is encoded."""
+        """The pictures as frames to encode, in order. For NVENC on a GPU they stay there (NV12 in
+        device memory). Otherwise from a GPU each leaves the device once, as I420 (1.5 bytes a pixel)
+        converted there, through the pinned ring: the next pictures' conversions and copies are
+        queued while this one is encoded."""
         images = [self._fit(image) for image in images]
-        if self.settings.pix_fmt != "yuv420p":
+        if self._nv12 is not None:
+            assert self._ctx is not None
+            for image in images:
+                yield self._nv12.frame(image.to(self._ctx.device))
+        elif self.settings.pix_fmt != "yuv420p":
             for rgb in self._download.download(images):
                 yield av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         elif images and images[0].is_cuda:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 import torch
@@ -100,17 +101,40 @@ def planes(av_frame: Any) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_dlpack(av_frame.planes[1].__dlpack__()))
 
 
-def rgb_to_i420(rgb: torch.Tensor) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 RGB (even H, W) on any device -> ``(H*3/2, W)`` uint8 I420."""
-    h, w = rgb.shape[:2]
+def _rgb_to_yuv(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(H, W, 3)`` uint8 RGB (even H, W) -> Y ``(H, W)``, U and V ``(H/2, W/2)``, int32, unclamped."""
     c = rgb.to(torch.int32)
     r, g, b = c[..., 0], c[..., 1], c[..., 2]
     y = (_CRY * r + _CGY * g + _CBY * b + _HALF + (16 << _SHIFT)) >> _SHIFT
     rs, gs, bs = r[::2, ::2], g[::2, ::2], b[::2, ::2]
     u = (_CRU * rs + _CGU * gs + _CBU * bs + _HALF + (128 << _SHIFT)) >> _SHIFT
     v = (_CBU * rs + _CGV * gs + _CBV * bs + _HALF + (128 << _SHIFT)) >> _SHIFT
+    return y, u, v
+
+
+def rgb_to_i420(rgb: torch.Tensor) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB (even H, W) on any device -> ``(H*3/2, W)`` uint8 I420."""
+    h, w = rgb.shape[:2]
+    y, u, v = _rgb_to_yuv(rgb)
     out = torch.cat((y.reshape(-1), u.reshape(-1), v.reshape(-1))).clamp_(0, 255).to(torch.uint8)
     return out.reshape(h * 3 // 2, w)
+
+
+def rgb_to_nv12(rgb: torch.Tensor, align: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H, W, 3)`` uint8 RGB (even H, W) -> NV12 planes Y ``(H, W)`` and interleaved UV ``(H/2, W)``.
+
+    Both planes are views of one buffer whose rows are ``align`` bytes apart, chroma right after the
+    luma rows: the layout a hardware encoder reads from device memory (NVENC takes one pointer and
+    a pitch, and finds the chroma plane at ``pitch * H``). Same arithmetic as :func:`rgb_to_i420`.
+    """
+    h, w = rgb.shape[:2]
+    pitch = -(-w // align) * align
+    buffer = torch.empty((h * 3 // 2, pitch), dtype=torch.uint8, device=rgb.device)
+    y, u, v = _rgb_to_yuv(rgb)
+    luma, chroma = buffer[:h, :w], buffer[h:, :w]
+    luma.copy_(y.clamp_(0, 255))
+    chroma.view(h // 2, w // 2, 2).copy_(torch.stack((u, v), dim=-1).clamp_(0, 255))
+    return luma, chroma
 
 
 class DeviceFrames:
@@ -143,6 +167,45 @@ class DeviceFrames:
         """Wait for every conversion in flight and let their frames go."""
         while self._held:
             self._held.popleft()[0].synchronize()
+
+
+def device_frames_supported() -> bool:
+    """True if PyAV can wrap GPU memory as CUDA frames that an encoder takes as they are (PyAV 18.1:
+    ``VideoFrame.from_dlpack`` with a reusable ``CudaContext``; encoders adopt the frames' context)."""
+    return (hasattr(av.video.frame, "CudaContext") and hasattr(av.VideoFrame, "sw_format")
+            and "cuda" in av.codec.hwaccel.hwdevices_available())
+
+
+class NV12Frames:
+    """RGB pictures as NV12 ``av.VideoFrame`` s built where the pictures lie, for a hardware encoder.
+
+    On a GPU each picture is converted there (:func:`rgb_to_nv12`) and wrapped as a CUDA frame without
+    a copy: NVENC reads it from device memory. The frame holds the buffer (DLPack) until the encoder
+    lets it go, after encoding it. The encoder works on the stream current when the first frame was
+    made (device 0, where PyAV can hand FFmpeg a stream) or on the legacy default stream; that
+    stream waits for the conversion of each frame, so nothing waits on the host. On the CPU the
+    frames are ordinary NV12 frames over the same memory (this is how the layout is tested).
+    """
+
+    def __init__(self) -> None:
+        self._context: Any = None
+        self._encoder_stream: torch.cuda.Stream | None = None
+
+    def frame(self, rgb: torch.Tensor) -> av.VideoFrame:
+        y, uv = rgb_to_nv12(rgb)
+        if not y.is_cuda:
+            return av.VideoFrame.from_dlpack((y, uv), format="nv12")
+        stream = torch.cuda.current_stream(y.device)
+        if self._context is None:
+            shared = y.device.index == 0 and stream.cuda_stream != 0  # PyAV takes a stream on device 0 only
+            self._encoder_stream = stream if shared else torch.cuda.default_stream(y.device)
+            self._context = av.video.frame.CudaContext(
+                device_id=y.device.index, primary_ctx=True,
+                cuda_stream=stream.cuda_stream if shared else None)
+        assert self._encoder_stream is not None
+        if self._encoder_stream != stream:
+            self._encoder_stream.wait_stream(stream)
+        return av.VideoFrame.from_dlpack((y, uv), format="nv12", cuda_context=self._context)
 
 
 def frame_to_rgb(av_frame: Any, upload: HostToDevice, nvdec: DeviceFrames | None = None) -> torch.Tensor:

@@ -125,6 +125,38 @@ def test_nvenc_request_falls_back_to_libx264_with_one_warning(tmp_path, clip, ca
     assert probe(out).video_codec == "h264"
 
 
+@pytest.mark.needs_cuda
+def test_nvenc_takes_frames_from_gpu_memory_with_audio_and_picture_kept(tmp_path, clip):
+    from facestream.stages.encoder import hardware_encoder_opens
+
+    if not hardware_encoder_opens("h264_nvenc"):
+        pytest.skip("this GPU has no NVENC (data-centre GPUs such as the H100 and H200)")
+    src = clip("marked.mp4", seconds=4, fps=25, markers=MARKERS)
+    out = tmp_path / "nvenc.mp4"
+    report = run(src, out, device="cuda", encoder={"codec": "h264_nvenc", "crf": 0})
+    enc = report.stats["stages"]["encoder"]
+    assert enc["codec"] == "h264_nvenc" and enc["frames_from"] == "device"
+    a, b = probe(src, markers=True), probe(out, markers=True)
+    assert b.frames == a.frames == 100 and b.audio_streams == ["aac"]
+    assert flash_times(b) == pytest.approx(flash_times(a), abs=1e-3)
+    with av.open(str(src)) as x, av.open(str(out)) as y:
+        for fa, fb in zip(x.decode(video=0), y.decode(video=0)):
+            mse = np.mean((fa.to_ndarray(format="rgb24").astype(np.float64) - fb.to_ndarray(format="rgb24")) ** 2)
+            assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 40
+
+
+@pytest.mark.needs_cuda
+def test_nvenc_settings_it_refuses_send_frames_through_host_memory_with_one_warning(caplog):
+    from facestream.stages.encoder import encoder_takes_device_frames, hardware_encoder_opens
+
+    if not hardware_encoder_opens("h264_nvenc"):
+        pytest.skip("this GPU has no NVENC (data-centre GPUs such as the H100 and H200)")
+    assert encoder_takes_device_frames("h264_nvenc", 640, 360, (("preset", "p4"),), 0)
+    with caplog.at_level("WARNING"):
+        assert not encoder_takes_device_frames("h264_nvenc", 640, 360, (("profile", "no-such-profile"),), 0)
+    assert sum("does not take frames from GPU memory" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_pixels_survive_a_decode_encode_round_trip(tmp_path, clip):
     src = clip("marked.mp4", seconds=4, fps=25, markers=MARKERS)
     out = tmp_path / "hq.mp4"

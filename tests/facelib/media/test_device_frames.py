@@ -1,18 +1,30 @@
-"""The NVDEC path's conversions, and the encoder's download ring, checked on the CPU.
+"""The NVDEC and NVENC paths' conversions, and the encoder's download ring, checked on the CPU.
 
-NVDEC hands out NV12 (P010 for 10-bit video) planes in GPU memory through DLPack. PyAV exports a
-software frame's planes the same way, so the CPU runs the same export and the same torch arithmetic
-the GPU does, and they must agree with the software decoder's own path.
+NVDEC hands out NV12 (P010 for 10-bit video) planes in GPU memory through DLPack, and NVENC takes NV12
+frames wrapped from GPU memory the same way. PyAV exports and imports a software frame's planes
+through DLPack too, so the CPU runs the same export, import and torch arithmetic the GPU does, and
+they must agree with the software path.
 """
 
 from __future__ import annotations
+
+import gc
+from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 import torch
 
-from facestream.facelib.media.colour import frame_to_rgb, nv12_to_rgb, planes, to_8bit
+from facestream.facelib.media.colour import (
+    NV12Frames,
+    frame_to_rgb,
+    nv12_to_rgb,
+    planes,
+    rgb_to_i420,
+    rgb_to_nv12,
+    to_8bit,
+)
 from facestream.facelib.media.transfer import DeviceToHost, HostToDevice
 from tests.media import make_clip
 
@@ -81,3 +93,48 @@ def test_download_ring_from_the_gpu_matches_a_blocking_copy() -> None:
     for image, array in zip(images, down.download(images)):
         np.testing.assert_array_equal(array, image.cpu().numpy())
     assert down.allocated == 3
+
+
+@pytest.mark.parametrize("size", [(240, 320), (122, 162)])
+def test_nv12_for_an_encoder_is_the_i420_picture_in_one_pitched_buffer(size: tuple[int, int]) -> None:
+    h, w = size
+    rgb = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(h))
+    y, uv = rgb_to_nv12(rgb)
+    i420 = rgb_to_i420(rgb)
+    pitch = y.stride(0)
+    assert pitch % 256 == 0 and pitch >= w and uv.stride(0) == pitch
+    assert uv.data_ptr() - y.data_ptr() == pitch * h  # chroma right after the luma rows, as NVENC reads it
+    assert y.shape == (h, w) and uv.shape == (h // 2, w)
+    torch.testing.assert_close(y, i420[:h], rtol=0, atol=0)
+    chroma = i420[h:].reshape(-1)
+    n = (h // 2) * (w // 2)
+    torch.testing.assert_close(uv[:, 0::2], chroma[:n].reshape(h // 2, w // 2), rtol=0, atol=0)
+    torch.testing.assert_close(uv[:, 1::2], chroma[n:].reshape(h // 2, w // 2), rtol=0, atol=0)
+
+
+def test_nv12_frames_wrap_the_pictures_and_keep_them_until_encoded() -> None:
+    """Frames made from tensors that are then dropped still encode the right pictures (the frame
+    holds the memory), losslessly through a real encoder, and decode to the I420 of each picture."""
+    gen = torch.Generator().manual_seed(7)
+    pictures = [torch.randint(0, 256, (120, 160, 3), dtype=torch.uint8, generator=gen) for _ in range(6)]
+    expected = [rgb_to_i420(p).numpy() for p in pictures]
+    wrap = NV12Frames()
+    frames = [wrap.frame(p.clone()) for p in pictures]
+    del pictures
+    gc.collect()
+    for _ in range(20):  # churn the allocator: freed memory would be reused and overwritten now
+        torch.full((120 * 3 // 2, 256), 255, dtype=torch.uint8).add_(0)
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt, enc.time_base = 160, 120, "yuv420p", Fraction(1, 25)
+    enc.options = {"qp": "0", "preset": "ultrafast"}
+    packets = []
+    for i, frame in enumerate(frames):
+        assert frame.format.name == "nv12" and frame.planes[0].line_size == 256
+        frame.pts = i
+        packets += enc.encode(frame)
+    packets += enc.encode(None)
+    dec = av.CodecContext.create("h264", "r")
+    decoded = [f.to_ndarray() for p in packets for f in dec.decode(p)] + [f.to_ndarray() for f in dec.decode(None)]
+    assert len(decoded) == len(expected)
+    for got, want in zip(decoded, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
