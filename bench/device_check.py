@@ -86,12 +86,14 @@ def step_environment(tiny: bool) -> dict[str, Any]:
         facts["nvml"] = {"error": f"{type(exc).__name__}: {exc}"}
     from av.codec.hwaccel import hwdevices_available
 
+    from facestream.facelib.media.colour import device_frames_supported
     from facestream.stages.encoder import hardware_encoder_opens
 
     facts["pyav"] = {"version": av.__version__, "ffmpeg": {k: ".".join(map(str, v)) for k, v in av.library_versions.items()},
                      "hwdevices": list(hwdevices_available()),
                      "codecs": {c: c in av.codecs_available for c in ("h264_cuvid", "hevc_cuvid", "h264_nvenc", "libx264", "libx265")},
-                     "nvenc_opens": hardware_encoder_opens("h264_nvenc")}
+                     "nvenc_opens": hardware_encoder_opens("h264_nvenc"),
+                     "encoder_gpu_frames": device_frames_supported()}
     import onnxruntime as ort
 
     facts["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}

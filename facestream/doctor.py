@@ -9,6 +9,7 @@ from typing import Any
 import av
 import torch
 
+from facestream.facelib.media.colour import device_frames_supported
 from facestream.stages.encoder import hardware_encoder_opens
 
 from . import __version__
@@ -86,6 +87,7 @@ def collect(models_dir: str | None = None) -> dict[str, Any]:
         "ffmpeg": getattr(av, "ffmpeg_version_info", None),
         "codecs": {c: c in av.codecs_available for c in SOFTWARE_CODECS},
         "hardware_encoders": {c: hardware_encoder_opens(c) for c in HARDWARE_ENCODERS},
+        "encoder_gpu_frames": device_frames_supported(),
         "hardware_decoders": {c: c in av.codecs_available for c in HARDWARE_DECODERS},
         "demuxers": {d: d in formats for d in DEMUXERS},
         "models": models_found(models_dir),
@@ -113,6 +115,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append("codecs        " + "  ".join(f"{c}:{yes(v)}" for c, v in report["codecs"].items()))
     lines.append(
         "HW encoders   " + "  ".join(f"{c}:{'opens' if v else 'no'}" for c, v in report["hardware_encoders"].items())
+        + ("  (PyAV hands them GPU frames)" if report["encoder_gpu_frames"]
+           else "  (this PyAV gives them host frames: av>=18.1 hands them GPU frames)")
     )
     lines.append("HW decoders   " + "  ".join(f"{c}:{yes(v)}" for c, v in report["hardware_decoders"].items()))
     lines.append("inputs        " + "  ".join(f"{d.split(',')[-1]}:{yes(v)}" for d, v in report["demuxers"].items()))

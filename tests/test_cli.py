@@ -49,6 +49,8 @@ def test_doctor_reports_device_codecs_and_encoders():
     data = json.loads(run_cli("doctor", "--json").stdout)
     assert data["codecs"]["libx264"] is True
     assert isinstance(data["hardware_encoders"]["h264_nvenc"], bool)
+    assert data["encoder_gpu_frames"] is True  # the PyAV the project installs wraps GPU memory as CUDA frames
+    assert "PyAV hands them GPU frames" in text.stdout
 
 
 def test_run_writes_output_and_stats(tmp_path, clip):
