@@ -175,6 +175,10 @@ class Encoder(Sink):
     """
 
     name = "encoder"
+    # NVENC may take the pictures from GPU memory. Its session then opens with the first frame (it
+    # adopts that frame's CUDA frames context), so an output that must open before any frame
+    # (a stream's header goes out at connect) keeps host frames.
+    gpu_frames = True
 
     def __init__(self, settings: EncoderSettings | None = None, *, path: str,
                  metadata: Mapping[str, str] | None = None, in_place: bool = False,
@@ -322,12 +326,10 @@ class Encoder(Sink):
         options = _codec_options(codec, self.settings.crf, self.settings.preset, self.settings.tune)
         options.update(self.settings.options)
         stream.options = options
-        device = self._ctx.device if self._ctx is not None else torch.device("cpu")
-        if (codec.endswith("_nvenc") and device.type == "cuda" and self.settings.pix_fmt == "yuv420p"
-                and encoder_takes_device_frames(codec, w, h, tuple(sorted(options.items())),
-                                                device.index if device.index is not None else torch.cuda.current_device())):
+        self._nv12 = None
+        if self._takes_gpu_frames(codec, w, h, options):
             # NVENC reads the pictures where they lie; the session opens with the first frame, whose
-            # frames context it adopts (the probe above opened one with the same settings).
+            # frames context it adopts (the probe opened one with the same settings).
             stream.pix_fmt = "cuda"
             self._nv12 = NV12Frames()
         cc = stream.codec_context
@@ -338,6 +340,14 @@ class Encoder(Sink):
         if info.rotation:
             stream.set_display_rotation(info.rotation)
         self._video = stream
+
+    def _takes_gpu_frames(self, codec: str, width: int, height: int, options: dict[str, str]) -> bool:
+        device = self._ctx.device if self._ctx is not None else torch.device("cpu")
+        if not (self.gpu_frames and codec.endswith("_nvenc") and device.type == "cuda"
+                and self.settings.pix_fmt == "yuv420p"):
+            return False
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return encoder_takes_device_frames(codec, width, height, tuple(sorted(options.items())), index)
 
     def _open_audio(self, templates: list[Any]) -> None:
         if self.settings.audio != "none":

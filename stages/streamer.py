@@ -74,6 +74,7 @@ class Streamer(Encoder):
     """
 
     name = "streamer"
+    gpu_frames = False  # the header goes out at connect, before a first frame could open NVENC on the GPU
 
     def __init__(self, settings: EncoderSettings | None = None, *, url: str,
                  backoff_s: tuple[float, float] = (0.5, 8.0)) -> None:
