@@ -269,7 +269,6 @@ class Encoder(Sink):
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             self._container.close()
             self._container = None
-            self._nv12 = None
             if not codec.endswith("_nvenc"):
                 raise
             log.warning("encoder: %s does not open for this output (%s); using libx264 instead", codec, exc)
